@@ -1,0 +1,248 @@
+"""What plugins of each kind receive and return.
+
+Plugin kinds are :class:`typing.Protocol` s, so a plugin never has to inherit from kdkit. Shapes
+that can be derived (a teacher's grid, the student's width) travel in :class:`GridSpec` objects
+through the :class:`BuildContext`, never through recipe numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
+
+if TYPE_CHECKING:  # torch is only needed for type checking here: schemas stay importable without it
+    import torch
+    from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    """Shape of a token grid ``(B, height, width, channels)`` plus its prefix tokens (CLS, registers)."""
+
+    height: int
+    width: int
+    channels: int
+    prefix_tokens: int = 0
+
+    @property
+    def tokens(self) -> int:
+        """Number of grid (patch) tokens, ``height * width``."""
+        return self.height * self.width
+
+    def __str__(self) -> str:
+        return f"{self.height}x{self.width}x{self.channels}"
+
+
+@dataclass
+class BuildContext:
+    """Everything a factory may need besides its own config.
+
+    Attributes:
+        name: Name of the block being built (the teacher's key, the loss's key...).
+        teacher_names: Names of all teachers in the recipe, in recipe order.
+        teacher_specs: Grid of each teacher's aligned output, once aligners are built.
+        in_spec: Input grid of the aligner being built (output of the previous step).
+        student_spec: The student's feature grid (its ``m`` tokens as ``height x width``, width D).
+        text_dim: Width of the student's instruction-text embeddings, when it has any.
+        model: The module an adapter is injected into.
+        data_root: Directory that relative paths in the recipe are resolved against.
+        device: Device the built module will run on.
+        extras: Anything else a student or engine wants to pass along (by name).
+    """
+
+    name: str = ""
+    teacher_names: tuple[str, ...] = ()
+    teacher_specs: dict[str, GridSpec] = field(default_factory=dict)
+    in_spec: GridSpec | None = None
+    student_spec: GridSpec | None = None
+    text_dim: int | None = None
+    model: nn.Module | None = None
+    data_root: Path = Path(".")
+    device: str = "cpu"
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def resolve(self, path: str | Path) -> Path:
+        """``path`` if absolute, else relative to :attr:`data_root`."""
+        path = Path(path).expanduser()
+        return path if path.is_absolute() else self.data_root / path
+
+
+@dataclass
+class Example:
+    """A tiny, self-contained way to build and probe a plugin (used by the contract kit).
+
+    Attributes:
+        config: The recipe block (``kind`` included) to build from.
+        context: The build context, with tiny shapes.
+        inputs: Positional arguments of one forward call of the built object, or None when the
+            contract kit's default probe for the kind applies.
+    """
+
+    config: dict[str, Any]
+    context: BuildContext = field(default_factory=BuildContext)
+    inputs: tuple[Any, ...] | None = None
+
+
+class TeacherOutput(NamedTuple):
+    """A teacher's features: ``grid`` ``(B, H, W, C)`` and ``prefix`` ``(B, P, C)`` or None."""
+
+    grid: Tensor
+    prefix: Tensor | None = None
+
+
+@runtime_checkable
+class Teacher(Protocol):
+    """A frozen feature extractor.
+
+    ``out_spec`` is known at build time. ``forward`` takes the shared raw view ``(B, 3, H, W)``
+    with values in ``[0, 1]`` and does its own resizing and normalisation.
+    """
+
+    out_spec: GridSpec
+
+    def __call__(self, images: Tensor) -> TeacherOutput: ...
+
+
+@runtime_checkable
+class Aligner(Protocol):
+    """``(B, H, W, C)`` grid -> ``(B, H', W', C')`` grid; ``out_spec`` is known at build time.
+
+    ``projects`` is True when the aligner is a learned projection (an MLP): the step context
+    keeps the grid seen just before the first projecting aligner as the teacher's "tokens".
+    """
+
+    out_spec: GridSpec
+    projects: bool
+
+    def __call__(self, grid: Tensor) -> Tensor: ...
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    """Per-token weights ``(B, m)`` (each row sums to 1) for one teacher, from the step context."""
+
+    def __call__(self, step: StepContext, teacher: str) -> Tensor: ...
+
+
+@runtime_checkable
+class Loss(Protocol):
+    """One loss term: reads the step context, returns an UNWEIGHTED scalar tensor."""
+
+    def __call__(self, step: StepContext) -> Tensor: ...
+
+
+@dataclass
+class RouterOutput:
+    """One router's decision in one block.
+
+    Attributes:
+        block: Name of the module the router belongs to.
+        group: Expert group (``"teacher"`` or ``"general"``).
+        probs: ``(N, E)`` router probabilities over the group's E experts, one row per token.
+        choice: ``(N,)`` chosen expert per token (top-1).
+    """
+
+    block: str
+    group: str
+    probs: Tensor
+    choice: Tensor
+
+
+@dataclass
+class StepContext:
+    """Everything the loss terms of one training step may read.
+
+    Tensor shapes: B batch, m student tokens, D student width, C_i teacher i's width.
+
+    Attributes:
+        batch: The batch as the data plugin produced it.
+        teacher_names: Names of the teachers, in recipe order.
+        teacher_grids: Raw teacher outputs ``(B, H_i, W_i, C_i)``.
+        teacher_tokens: ``I_i^T``: each teacher's grid on the student grid, before its first
+            projecting aligner, flattened ``(B, m, C_i')``.
+        teacher_aligned: ``Î_i^T``: full aligner-chain output, flattened ``(B, m, D_i)``.
+        teacher_prefix: Prefix tokens (CLS...) of each teacher ``(B, P, C_i)``, when any.
+        student_routed: ``I^S``: the student features with routed adapters ``(B, m, D)``.
+        student_forced: ``I_i^S``: the student features with only teacher ``i``'s expert ``(B, m, D)``.
+        routers: Router outputs of the routed pass, one per router and block.
+        text: Instruction-text embeddings ``(B, T, E)`` (detached), or None.
+        text_mask: ``(B, T)`` bool, True on real instruction tokens.
+        logits: Student logits, when the student has any.
+        labels: Task labels, when the data has any.
+        task_loss: The student's own task loss (language modelling, cross-entropy...).
+        scores: Per-teacher token weights ``(B, m)`` filled in by the scorer.
+        extras: Anything else, by name.
+    """
+
+    batch: Mapping[str, Any] = field(default_factory=dict)
+    teacher_names: tuple[str, ...] = ()
+    teacher_grids: dict[str, Tensor] = field(default_factory=dict)
+    teacher_tokens: dict[str, Tensor] = field(default_factory=dict)
+    teacher_aligned: dict[str, Tensor] = field(default_factory=dict)
+    teacher_prefix: dict[str, Tensor] = field(default_factory=dict)
+    student_routed: Tensor | None = None
+    student_forced: dict[str, Tensor] = field(default_factory=dict)
+    routers: list[RouterOutput] = field(default_factory=list)
+    text: Tensor | None = None
+    text_mask: Tensor | None = None
+    logits: Tensor | None = None
+    labels: Tensor | None = None
+    task_loss: Tensor | None = None
+    scores: dict[str, Tensor] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def device_of(module: nn.Module) -> torch.device:
+    """Device of a module's first parameter or buffer (CPU when it has none)."""
+    import torch
+
+    for tensor in list(module.parameters()) + list(module.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+class StudentOutput(NamedTuple):
+    """What one student forward returns.
+
+    Attributes:
+        features: ``I^S`` ``(B, m, D)``: the features distillation acts on.
+        task_loss: The student's own task loss (scalar), or None when the batch has no labels.
+        logits: Task logits, or None.
+        text: Instruction-text embeddings ``(B, T, E)`` for text-aware scorers, or None.
+        text_mask: ``(B, T)`` bool mask of real instruction tokens, or None.
+    """
+
+    features: Tensor
+    task_loss: Tensor | None = None
+    logits: Tensor | None = None
+    text: Tensor | None = None
+    text_mask: Tensor | None = None
+
+
+@runtime_checkable
+class Student(Protocol):
+    """A model being distilled into.
+
+    Attributes:
+        model: The whole trainable model (what the optimizer and checkpoints see).
+        adapter_target: The sub-module adapters are injected into (e.g. a vision tower).
+        feature_spec: Grid of :meth:`encode`'s output (``m`` tokens as ``height x width``, width D).
+        text_dim: Width of instruction-text embeddings, or None.
+    """
+
+    model: nn.Module
+    adapter_target: nn.Module
+    feature_spec: GridSpec
+    text_dim: int | None
+
+    def parameter_groups(self) -> dict[str, list[str]]:
+        """Named groups of ``model.named_parameters()`` names (``projector``, ``vision_base``...)."""
+        ...
+
+    def encode(self, images: Tensor) -> Tensor:
+        """Raw shared view ``(B, 3, H, W)`` in ``[0, 1]`` -> student features ``(B, m, D)``."""
+        ...
+
+    def __call__(self, batch: Mapping[str, Any]) -> StudentOutput: ...
