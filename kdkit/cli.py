@@ -1,0 +1,162 @@
+"""The ``kdkit`` command: list plugins, validate recipes, print the schema, run a recipe.
+
+User errors (:class:`kdkit.errors.KdkitError`) print a message on stderr and exit with code 1,
+without a traceback; ``--traceback`` shows it anyway.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from kdkit import __version__
+from kdkit.errors import KdkitError
+
+
+def _registry():
+    from kdkit.plugins import get_registry
+
+    return get_registry()
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    """List every loaded plugin with the names it offers, by kind."""
+    from kdkit.plugins import default_plugins
+
+    loaded = default_plugins()
+    registry = loaded.registry
+    rows = []
+    for info in loaded.plugins:
+        offers = {e.kind: [] for e in registry.entries() if e.plugin == info.name}
+        for entry in registry.entries():
+            if entry.plugin == info.name:
+                offers[entry.kind].append(entry.name)
+        rows.append({
+            "plugin": info.name,
+            "module": info.module,
+            "distribution": info.distribution,
+            "version": info.version,
+            "offers": offers,
+            "status": "disabled" if info.blocked else ("broken" if info.error else "ok"),
+            "error": info.error,
+        })
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    from kdkit.hookspecs import HOOKS
+
+    for kind in registry.kinds:
+        names = registry.entries(kind)
+        print(f"{HOOKS[kind].removeprefix('kdkit_')} ({len(names)}):")
+        for entry in names:
+            dist = f"{entry.distribution} {entry.version}" if entry.distribution else "local"
+            print(f"  {entry.name:<18} {entry.factory.summary[:60]:<60}  [{entry.plugin}, {dist}]")
+    problems = [r for r in rows if r["status"] != "ok"]
+    if problems:
+        print("not loaded:")
+        for row in problems:
+            detail = f": {row['error']}" if row["error"] else ""
+            print(f"  {row['plugin']} ({row['distribution'] or 'local'}) {row['status']}{detail}")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Validate recipes; report every problem of every file."""
+    from kdkit.recipe import load_recipe
+
+    failed = 0
+    for path in args.recipes:
+        try:
+            recipe = load_recipe(path, args.set)
+        except KdkitError as exc:
+            failed += 1
+            print(f"error: {exc}", file=sys.stderr)
+            continue
+        print(
+            f"ok: {path} ({recipe.name}: {len(recipe.teachers)} teachers, "
+            f"{len(recipe.losses)} losses, stages {', '.join(recipe.stages)})"
+        )
+    return 1 if failed else 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    """Print the recipe JSON schema (or the Markdown reference)."""
+    from kdkit.schema_export import recipe_json_schema, recipe_reference_markdown
+
+    if args.markdown:
+        print(recipe_reference_markdown(_registry()), end="")
+    else:
+        print(json.dumps(recipe_json_schema(_registry()), indent=2))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Train a recipe (single process, or under torchrun)."""
+    from kdkit.engine.run import run_recipe
+
+    overrides = list(args.set)
+    if args.output_dir:
+        overrides.append(f"runtime.output_dir={args.output_dir}")
+    if args.data_root:
+        overrides.append(f"runtime.data_root={args.data_root}")
+    run_recipe(args.recipe, overrides, resume=args.resume)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``kdkit`` command."""
+    parser = argparse.ArgumentParser(prog="kdkit", description="Composable multi-teacher knowledge distillation.")
+    parser.add_argument("--version", action="version", version=f"kdkit {__version__}")
+    parser.add_argument("--disable", action="append", default=[], metavar="PLUGIN", help="disable a plugin by name (repeatable)")
+    parser.add_argument("--traceback", action="store_true", help="show tracebacks of user errors too")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("plugins", help="list loaded plugins and the names they offer", description=cmd_plugins.__doc__)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_plugins)
+
+    overrides = argparse.ArgumentParser(add_help=False)
+    overrides.add_argument("--set", action="append", default=[], metavar="PATH=VALUE", help="override a recipe value, e.g. losses.fine.weight=0.25 (repeatable)")
+
+    p = sub.add_parser("validate", parents=[overrides], help="validate recipe files", description=cmd_validate.__doc__)
+    p.add_argument("recipes", nargs="+", type=Path, metavar="RECIPE")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("schema", help="print the recipe JSON schema", description=cmd_schema.__doc__)
+    p.add_argument("--markdown", action="store_true", help="print the Markdown recipe reference instead")
+    p.set_defaults(func=cmd_schema)
+
+    p = sub.add_parser("run", parents=[overrides], help="train a recipe", description=cmd_run.__doc__)
+    p.add_argument("recipe", type=Path, metavar="RECIPE")
+    p.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
+    p.add_argument("--output-dir", help="run directory (overrides runtime.output_dir)")
+    p.add_argument("--data-root", help="directory relative paths resolve against (overrides runtime.data_root)")
+    p.set_defaults(func=cmd_run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``kdkit`` command; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    if args.disable:
+        from kdkit.plugins import DISABLE_ENV
+
+        os.environ[DISABLE_ENV] = ",".join(filter(None, [os.environ.get(DISABLE_ENV, ""), *args.disable]))
+    try:
+        return int(args.func(args) or 0)
+    except KdkitError as exc:
+        if args.traceback:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

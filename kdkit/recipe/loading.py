@@ -1,0 +1,135 @@
+"""Read recipe files: YAML (``safe_load`` only), ``extends:`` chains and ``--set`` overrides."""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kdkit.errors import Problem, RecipeError, unknown_name_message
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Parse one YAML recipe file into a mapping.
+
+    Raises:
+        RecipeError: missing file, YAML syntax error (with line and column), or not a mapping.
+    """
+    if not path.is_file():
+        raise RecipeError(Problem("", f"recipe file not found: {path}"))
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        reason = getattr(exc, "problem", None) or str(exc)
+        raise RecipeError(Problem("", f"YAML syntax error at {where}: {reason}")) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise RecipeError(Problem("", f"{path} must hold a mapping of recipe keys, got {type(data).__name__}"))
+    return data
+
+
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """``override`` merged into ``base``: mappings merge key by key, anything else replaces;
+    a ``null`` value in ``override`` deletes the key (e.g. ``teachers: {sam: null}``)."""
+    merged = copy.deepcopy(dict(base))
+    for key, value in override.items():
+        if value is None:
+            merged.pop(key, None)
+        elif isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def load_with_extends(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read ``path`` and, recursively, the files its ``extends:`` names (relative to it).
+
+    ``extends`` may be one path or a list (merged left to right, then this file on top).
+    """
+    path = path.resolve()
+    if path in _chain:
+        cycle = " -> ".join(str(p) for p in (*_chain, path))
+        raise RecipeError(Problem("extends", f"recipes extend each other in a cycle: {cycle}"))
+    data = read_yaml(path)
+    parents = data.pop("extends", None)
+    if parents is None:
+        return data
+    if isinstance(parents, str):
+        parents = [parents]
+    if not isinstance(parents, list) or not all(isinstance(p, str) for p in parents):
+        raise RecipeError(Problem("extends", f"in {path}: must be a path or a list of paths"))
+    merged: dict[str, Any] = {}
+    for parent in parents:
+        parent_path = (path.parent / parent).resolve()
+        if not parent_path.is_file():
+            raise RecipeError(Problem("extends", f"{path} extends {parent!r}, which does not exist ({parent_path})"))
+        merged = deep_merge(merged, load_with_extends(parent_path, (*_chain, path)))
+    return deep_merge(merged, data)
+
+
+_INDEX = re.compile(r"\[(\d+)\]")
+
+
+def split_path(dotted: str) -> list[str]:
+    """``"teachers.eva02.align[1].hidden"`` -> ``["teachers", "eva02", "align", "1", "hidden"]``."""
+    return [part for part in _INDEX.sub(r".\1", dotted).split(".") if part]
+
+
+def apply_override(data: dict[str, Any], assignment: str) -> None:
+    """Apply one ``dotted.path=value`` override in place (value parsed as YAML).
+
+    Every step of the path but the last must exist, so a typo fails here with the known keys;
+    a new last key is allowed (validation then checks it against the schema).
+    """
+    if "=" not in assignment:
+        raise RecipeError(Problem("--set", f"{assignment!r} is not of the form path.to.key=value"))
+    dotted, raw = assignment.split("=", 1)
+    parts = split_path(dotted.strip())
+    if not parts:
+        raise RecipeError(Problem("--set", f"{assignment!r} has an empty path"))
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise RecipeError(Problem(f"--set {dotted}", f"value {raw!r} is not valid YAML: {exc}")) from None
+    node: Any = data
+    for depth, part in enumerate(parts[:-1]):
+        here = ".".join(parts[: depth + 1])
+        if isinstance(node, dict):
+            if part not in node or not isinstance(node[part], (dict, list)):
+                known = [k for k in node if isinstance(node[k], (dict, list))] if part not in node else []
+                reason = (
+                    unknown_name_message("key", part, known) if part not in node else f"{here} is a value, not a section"
+                )
+                raise RecipeError(Problem(f"--set {dotted}", f"path does not exist: {reason}"))
+            node = node[part]
+        elif isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise RecipeError(Problem(f"--set {dotted}", f"path does not exist: {here} (list of {len(node)})"))
+            node = node[int(part)]
+    last = parts[-1]
+    if isinstance(node, list):
+        if not last.isdigit() or int(last) >= len(node):
+            raise RecipeError(Problem(f"--set {dotted}", f"path does not exist: index {last} of a list of {len(node)}"))
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def load_recipe_data(path: str | Path, overrides: Iterable[str] = ()) -> dict[str, Any]:
+    """The recipe mapping after ``extends`` and overrides, before validation; ``name`` defaults
+    to the file name."""
+    path = Path(path)
+    data = load_with_extends(path)
+    data.setdefault("name", path.stem)
+    for assignment in overrides:
+        apply_override(data, assignment)
+    return data

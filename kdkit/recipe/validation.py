@@ -1,0 +1,131 @@
+"""Two-stage recipe validation that reports every problem at once, each with its path.
+
+Stage 1 checks the envelope (:mod:`kdkit.recipe.schema`); stage 2 checks each plugin block
+against the config class of the plugin its ``kind`` names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import pydantic
+
+from kdkit.errors import Problem, RecipeError, UnknownPluginError
+from kdkit.recipe.schema import Block, LossBlock, Recipe, TeacherBlock
+from kdkit.registry import Registry
+
+
+#: Envelope model of each plugin kind's blocks (its non-``kind`` fields are not the plugin's).
+BLOCK_TYPES: dict[str, type[Block]] = {
+    "student": Block, "teacher": TeacherBlock, "aligner": Block, "scorer": Block,
+    "adapter": Block, "loss": LossBlock, "data": Block,
+}
+
+
+def loc_to_path(prefix: str, loc: tuple[Any, ...]) -> str:
+    """``("align", 1, "hidden")`` under ``teachers.eva02`` -> ``teachers.eva02.align[1].hidden``."""
+    path = prefix
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part == "[key]":
+            path += " (key)"
+        else:
+            path = f"{path}.{part}" if path else str(part)
+    return path
+
+
+def pydantic_problems(prefix: str, error: pydantic.ValidationError) -> list[Problem]:
+    """One :class:`Problem` per pydantic error, with ``prefix`` prepended to its location."""
+    problems = []
+    for item in error.errors(include_url=False):
+        message = item["msg"]
+        if item["type"] == "missing":
+            message = "required key is missing"
+        problems.append(Problem(loc_to_path(prefix, item["loc"]), message))
+    return problems
+
+
+def _cross_checks(recipe: Recipe) -> list[Problem]:
+    problems = []
+    for stage_name, stage in recipe.stages.items():
+        for i, loss in enumerate(stage.losses or []):
+            if loss not in recipe.losses:
+                problems.append(
+                    Problem(f"stages.{stage_name}.losses[{i}]", f"{loss!r} is not a loss of this recipe (losses: {', '.join(recipe.losses)})")
+                )
+    return problems
+
+
+def raw_blocks(data: Mapping[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    """Every plugin block found in raw recipe data as ``(plugin kind, path, block)``.
+
+    Walks the raw mapping defensively so plugin blocks are checked even when the envelope
+    around them is broken (every problem is reported in one pass).
+    """
+    def mapping(value: Any) -> dict[str, Any]:
+        return value if isinstance(value, dict) else {}
+
+    found: list[tuple[str, str, dict[str, Any]]] = []
+
+    def add(kind: str, path: str, block: Any) -> None:
+        if isinstance(block, dict) and isinstance(block.get("kind"), str):
+            envelope = BLOCK_TYPES[kind].model_fields.keys() - {"kind"}
+            found.append((kind, path, {k: v for k, v in block.items() if k not in envelope}))
+
+    add("student", "student", data.get("student"))
+    for name, teacher in mapping(data.get("teachers")).items():
+        add("teacher", f"teachers.{name}", teacher)
+        chain = mapping(teacher).get("align")
+        for i, aligner in enumerate(chain if isinstance(chain, list) else []):
+            add("aligner", f"teachers.{name}.align[{i}]", aligner)
+    add("scorer", "scorer", data.get("scorer"))
+    for name, adapter in mapping(data.get("adapters")).items():
+        add("adapter", f"adapters.{name}", adapter)
+    for name, loss in mapping(data.get("losses")).items():
+        add("loss", f"losses.{name}", loss)
+    for name, stage in mapping(data.get("stages")).items():
+        add("data", f"stages.{name}.data", mapping(stage).get("data"))
+    return found
+
+
+def validate_recipe(data: Mapping[str, Any], registry: Registry, source: str | None = None) -> Recipe:
+    """Validate a recipe mapping; attach each block's validated plugin config.
+
+    Raises:
+        RecipeError: listing every problem found (envelope and plugin blocks), each with its path.
+    """
+    problems: list[Problem] = []
+    configs: dict[str, Any] = {}
+    for kind, path, block in raw_blocks(data):
+        try:
+            factory = registry.factory(kind, block["kind"])
+        except UnknownPluginError as exc:
+            problems.append(Problem(f"{path}.kind", str(exc)))
+            continue
+        try:
+            configs[path] = factory.config.model_validate(block)
+        except pydantic.ValidationError as exc:
+            problems += pydantic_problems(path, exc)
+    try:
+        recipe = Recipe.model_validate(dict(data))
+    except pydantic.ValidationError as exc:
+        raise RecipeError(sorted(pydantic_problems("", exc) + problems, key=_order(data)), source) from None
+    problems += _cross_checks(recipe)
+    if problems:
+        raise RecipeError(sorted(problems, key=_order(data)), source)
+    for _kind, path, block in recipe.blocks():
+        block._config = configs[path]
+    return recipe
+
+
+def _order(data: Mapping[str, Any]):
+    """Sort key: problems in the order of the recipe's top-level sections."""
+    sections = list(data)
+
+    def key(problem: Problem) -> int:
+        head = problem.path.split(".")[0].split("[")[0]
+        return sections.index(head) if head in sections else len(sections)
+
+    return key
