@@ -43,6 +43,9 @@ class BuildContext:
         name: Name of the block being built (the teacher's key, the loss's key...).
         teacher_names: Names of all teachers in the recipe, in recipe order.
         teacher_specs: Grid of each teacher's aligned output, once aligners are built.
+        teacher_token_specs: Grid of each teacher's "tokens" ``I_i^T``: its aligner chain's grid
+            just before the first projecting aligner (what :attr:`StepContext.teacher_tokens`
+            holds), once aligners are built. Losses with learnable parts size themselves from it.
         in_spec: Input grid of the aligner being built (output of the previous step).
         student_spec: The student's feature grid (its ``m`` tokens as ``height x width``, width D).
         text_dim: Width of the student's instruction-text embeddings, when it has any.
@@ -55,6 +58,7 @@ class BuildContext:
     name: str = ""
     teacher_names: tuple[str, ...] = ()
     teacher_specs: dict[str, GridSpec] = field(default_factory=dict)
+    teacher_token_specs: dict[str, GridSpec] = field(default_factory=dict)
     in_spec: GridSpec | None = None
     student_spec: GridSpec | None = None
     text_dim: int | None = None
@@ -170,6 +174,8 @@ class StepContext:
         text: Instruction-text embeddings ``(B, T, E)`` (detached), or None.
         text_mask: ``(B, T)`` bool, True on real instruction tokens.
         logits: Student logits, when the student has any.
+        teacher_logits: Teacher logits (same shape as :attr:`logits`), by teacher, for logit
+            distillation; empty when no teacher produces logits.
         labels: Task labels, when the data has any.
         task_loss: The student's own task loss (language modelling, cross-entropy...).
         scores: Per-teacher token weights ``(B, m)`` filled in by the scorer.
@@ -188,6 +194,7 @@ class StepContext:
     text: Tensor | None = None
     text_mask: Tensor | None = None
     logits: Tensor | None = None
+    teacher_logits: dict[str, Tensor] = field(default_factory=dict)
     labels: Tensor | None = None
     task_loss: Tensor | None = None
     scores: dict[str, Tensor] = field(default_factory=dict)
