@@ -1,0 +1,175 @@
+"""MoLA layers: stacked low-rank experts applied densely under a gate mask, and the block
+wrapper that routes each token once for all of its adapted Linears."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from kdkit.adapters import RouterLog, RoutingState
+from kdkit.errors import KdkitError
+from kdkit_plugins.adapters._router import Router, gate, top1
+
+
+@dataclass
+class Route:
+    """What one block forward asks its experts to do (exactly one field is set).
+
+    Attributes:
+        gates: ``(N, e)`` per-token gates (scaling folded in) over experts ``start:stop``.
+        start: First expert the gates cover.
+        expert: One expert for every token.
+        index: ``(B,)`` one expert per sample.
+    """
+
+    gates: Tensor | None = None
+    start: int = 0
+    expert: int | None = None
+    index: Tensor | None = None
+
+
+class LowRankExperts(nn.Module):
+    """E rank-r experts ``(..., in) -> (..., out)`` stored stacked: ``lora_A`` ``(E, r, in)``,
+    ``lora_B`` ``(E, r, out)`` (zero: an exact identity at init).
+
+    All experts a gate covers run as two GEMMs of width ``E * r``; the gate is a mask on the
+    ``(N, E, r)`` intermediate, so shapes are fixed and nothing waits on the host.
+    """
+
+    def __init__(self, experts: int, rank: int, in_features: int, out_features: int, scaling: float,
+                 dropout: float = 0.0, device: torch.device | None = None) -> None:
+        super().__init__()
+        self.scaling = scaling
+        self.lora_A = nn.Parameter(torch.empty(experts, rank, in_features, device=device))
+        self.lora_B = nn.Parameter(torch.zeros(experts, rank, out_features, device=device))
+        for a in self.lora_A:  # per expert, as nn.Linear would initialise an (r, in) weight
+            nn.init.kaiming_uniform_(a, a=5**0.5)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def add(self, out: Tensor, x: Tensor, route: Route) -> Tensor:
+        """``out`` ``(..., out)`` plus the routed experts applied to ``x`` ``(..., in)``."""
+        x = self.dropout(x)
+        if route.index is not None:
+            return self._per_sample(out, x, route.index)
+        rows, outs = rearrange(x, "... i -> (...) i"), rearrange(out, "... o -> (...) o")
+        if route.expert is not None:
+            a, b = self.lora_A[route.expert].to(x.dtype), self.lora_B[route.expert].to(x.dtype)
+            return torch.addmm(outs, F.linear(rows, a), b, alpha=self.scaling).view_as(out)
+        gates = route.gates
+        assert gates is not None
+        stop = route.start + gates.shape[-1]
+        a = rearrange(self.lora_A[route.start : stop], "e r i -> (e r) i").to(x.dtype)
+        b = rearrange(self.lora_B[route.start : stop], "e r o -> (e r) o").to(x.dtype)
+        z = rearrange(F.linear(rows, a), "n (e r) -> n e r", e=gates.shape[-1])
+        z = rearrange(z * gates.to(z.dtype).unsqueeze(-1), "n e r -> n (e r)")
+        return torch.addmm(outs, z, b).view_as(out)
+
+    def _per_sample(self, out: Tensor, x: Tensor, index: Tensor) -> Tensor:
+        """Sample ``k`` of ``x`` ``(B, ..., in)`` through expert ``index[k]`` only."""
+        batch = index.shape[0]
+        if x.shape[0] != batch:
+            raise KdkitError(
+                f"per-sample expert index has {batch} entries but the adapted layer sees a batch of "
+                f"{x.shape[0]} (tokens must be batch-first)"
+            )
+        a = self.lora_A.index_select(0, index).to(x.dtype)  # (B, r, in)
+        b = self.lora_B.index_select(0, index).to(x.dtype)  # (B, r, out)
+        z = torch.bmm(rearrange(x, "b ... i -> b (...) i"), a.transpose(1, 2))
+        return torch.baddbmm(rearrange(out, "b ... o -> b (...) o"), z, b, alpha=self.scaling).view_as(out)
+
+    def extra_repr(self) -> str:
+        e, r, i = self.lora_A.shape
+        return f"experts={e}, rank={r}, in={i}, out={self.lora_B.shape[-1]}, scaling={self.scaling:g}"
+
+
+class MolaLinear(LowRankExperts):
+    """A frozen Linear (``base_layer``) plus experts that follow its block's route."""
+
+    def __init__(self, base_layer: nn.Linear, block: MolaBlock, experts: int, rank: int, scaling: float, dropout: float) -> None:
+        super().__init__(experts, rank, base_layer.in_features, base_layer.out_features, scaling, dropout, base_layer.weight.device)
+        self.base_layer = base_layer
+        self._block = [block]  # a list: the block must not become a child module (a cycle)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.base_layer(x)
+        route = self._block[0].route
+        return out if route is None else self.add(out, x, route)
+
+
+class MolaBlock(nn.Module):
+    """Wraps an FFN block: routes each token once per forward, for every adapted Linear inside.
+
+    Args:
+        base_layer: The original block (its adapted Linears already replaced by :class:`MolaLinear`).
+        name: The block's name (for router outputs and errors).
+        dim: Width of the block's input tokens.
+        teacher_experts: Number of teacher-specific experts (N_t).
+        general_experts: Number of general experts (N_g).
+        router_hidden: Hidden width of each router.
+        gate_mode: ``straight_through``, ``prob`` or ``soft``.
+        scaling: alpha / rank, folded into the gates.
+        state: Routing state shared by the injection.
+        log: Router log shared by the injection.
+    """
+
+    def __init__(self, base_layer: nn.Module, name: str, dim: int, teacher_experts: int, general_experts: int,
+                 router_hidden: int, gate_mode: str, scaling: float, state: RoutingState, log: RouterLog) -> None:
+        super().__init__()
+        device = next(base_layer.parameters()).device
+        self.base_layer = base_layer
+        self.name, self.n_teacher, self.gate_mode, self.scaling = name, teacher_experts, gate_mode, scaling
+        self.router_teacher = Router(dim, router_hidden, teacher_experts, device) if teacher_experts else None
+        self.router_general = Router(dim, router_hidden, general_experts, device) if general_experts else None
+        self.experts: LowRankExperts | None = None  # set for the parallel placement
+        self.state, self.log = state, log
+        self.route: Route | None = None
+
+    def forward(self, hidden: Tensor, *args: object, **kwargs: object) -> Tensor:
+        self.route = self._route(hidden)
+        try:
+            out = self.base_layer(hidden, *args, **kwargs)
+            if self.experts is not None and self.route is not None:
+                out = self.experts.add(out, hidden, self.route)
+        finally:
+            self.route = None
+        return out
+
+    def _route(self, hidden: Tensor) -> Route | None:
+        """The route of this forward; runs (and logs) the routers when the mode needs them."""
+        routing = self.state.current
+        if routing.mode == "off":
+            return None
+        if routing.mode == "teacher":
+            return Route(expert=routing.expert)
+        if routing.mode == "index":
+            return Route(index=routing.index)
+        tokens = rearrange(hidden, "... d -> (...) d")
+        routers: Sequence[tuple[str, Router | None]] = [("general", self.router_general)]
+        if routing.mode == "routed":
+            routers = [("teacher", self.router_teacher), ("general", self.router_general)]
+        gates, outputs = [], {}
+        for group, router in routers:
+            if router is None:
+                continue
+            probs = router(tokens)
+            choice, onehot = top1(probs)
+            gates.append(gate(probs, onehot, self.gate_mode) * self.scaling)
+            outputs[group] = (probs, choice)
+        self.log.record(self.name, outputs, count=not self.state.replaying)
+        start = 0 if routing.mode == "routed" and self.router_teacher is not None else self.n_teacher
+        return Route(gates=torch.cat(gates, -1) if len(gates) > 1 else gates[0], start=start)
+
+    def parameter_groups(self) -> dict[str, dict[str, nn.Parameter]]:
+        """``{"adapters": LoRA A/B by local name, "routers": router weights by local name}``."""
+        groups: dict[str, dict[str, nn.Parameter]] = {"adapters": {}, "routers": {}}
+        for name, param in self.named_parameters():
+            if name.startswith("router_"):
+                groups["routers"][name] = param
+            elif name.rsplit(".", 1)[-1] in ("lora_A", "lora_B"):
+                groups["adapters"][name] = param
+        return groups
