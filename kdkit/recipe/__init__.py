@@ -13,7 +13,7 @@ from kdkit.recipe.schema import Recipe
 from kdkit.recipe.validation import validate_recipe
 from kdkit.registry import Registry
 
-__all__ = ["Recipe", "dump_recipe", "load_recipe", "validate_recipe"]
+__all__ = ["Recipe", "dump_recipe", "load_recipe", "recipe_dict", "validate_recipe"]
 
 
 def load_recipe(path: str | Path, overrides: Iterable[str] = (), registry: Registry | None = None) -> Recipe:

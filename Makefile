@@ -1,0 +1,36 @@
+# The two commands of the README: `make demo` and `make test`. Each creates .venv and installs
+# what it needs on first use (again when pyproject.toml changes).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYTEST_WORKERS ?= 2
+
+.PHONY: install demo test test-all docs reference clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[test,docs]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m kdkit.demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" -n $(PYTEST_WORKERS)
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS)
+
+docs: $(STAMP)
+	$(PY) -m kdkit.schema_export docs/reference/recipe.md --check
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+
+reference: $(STAMP)
+	$(PY) -m kdkit.schema_export docs/reference/recipe.md
+
+clean:
+	rm -rf $(VENV) site
