@@ -112,7 +112,8 @@ class FrozenTeacher(nn.Module):
     Subclasses implement :meth:`encode` (normalised pixels at the teacher's size -> grid and
     prefix). This class freezes the model, keeps it in eval mode even after ``.train()``, runs
     ``encode`` under ``no_grad`` with autocast off (the teacher's own dtype governs), and infers
-    :attr:`out_spec` at build time by tracing ``encode`` with fake tensors (no data, no compute).
+    :attr:`out_spec` by tracing ``encode`` with fake tensors (no data, no compute); build
+    functions read it once so that a resolution the model cannot take fails at build time.
 
     Its ``state_dict`` keeps the teacher's weights (so ``.to()``, ``load_state_dict`` and
     inspection behave as for any module); :func:`without_frozen` removes them from a training
@@ -138,7 +139,14 @@ class FrozenTeacher(nn.Module):
         self.name = name
         self.dtype = dtype
         super().train(False)
-        self.out_spec: GridSpec = out_spec if out_spec is not None else self.infer_spec()
+        self._out_spec = out_spec
+
+    @property
+    def out_spec(self) -> GridSpec:
+        """Grid shape of :meth:`forward`'s output, traced once (without data) on first access."""
+        if self._out_spec is None:
+            self._out_spec = self.infer_spec()
+        return self._out_spec
 
     def encode(self, pixels: Tensor) -> TeacherOutput:
         """``(B, 3, h, w)`` normalised pixels in the teacher's dtype -> grid ``(B, H, W, C)`` + prefix."""
@@ -162,9 +170,16 @@ class FrozenTeacher(nn.Module):
         from torch._subclasses.fake_tensor import FakeTensorMode
 
         height, width = self.preprocess.size
-        with torch.no_grad(), FakeTensorMode(allow_non_fake_inputs=True):
-            pixels = torch.empty(1, 3, height, width, dtype=self.dtype)
-            grid, prefix = self.encode(pixels)
+        try:
+            with torch.no_grad(), FakeTensorMode(allow_non_fake_inputs=True):
+                pixels = torch.empty(1, 3, height, width, dtype=self.dtype)
+                grid, prefix = self.encode(pixels)
+        except (RuntimeError, ValueError, AssertionError, IndexError) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise KdkitError(f"teacher {self.name!r}: the model cannot take {height}x{width} inputs ({reason}); "
+                             "set `resolution` to a size it supports (default: its own)") from None
+        if grid.ndim != 4 or grid.shape[0] != 1:
+            raise KdkitError(f"teacher {self.name!r}: encode() must return a (B, H, W, C) grid, got {tuple(grid.shape)}")
         _, rows, cols, channels = grid.shape
         return GridSpec(int(rows), int(cols), int(channels), 0 if prefix is None else int(prefix.shape[1]))
 

@@ -18,7 +18,10 @@ from kdkit.errors import CheckpointError
 if TYPE_CHECKING:
     from torch import Tensor, nn
 
-__all__ = ["checkpoint_error", "find_checkpoint", "load_into", "read_state_dict", "strip_prefix"]
+    from kdkit.interfaces import BuildContext
+
+__all__ = ["checkpoint_error", "find_checkpoint", "load_into", "mismatch_report", "read_state_dict", "require_path",
+           "resolve_checkpoint", "strip_prefix"]
 
 #: Keys under which training scripts commonly nest the weights of a checkpoint.
 _NESTING_KEYS = ("state_dict", "model", "module", "model_state_dict")
@@ -31,6 +34,23 @@ _SHOWN = 5
 def checkpoint_error(teacher: str, path: Path | str, reason: str) -> CheckpointError:
     """A :class:`CheckpointError` whose message names the teacher, the file and the reason."""
     return CheckpointError(f"teacher {teacher!r}: checkpoint {str(path)!r}: {reason}")
+
+
+def resolve_checkpoint(value: str, context: BuildContext) -> Path:
+    """The recipe's ``checkpoint`` resolved against the data root; it must be set and exist."""
+    if not value.strip():
+        raise CheckpointError(f"teacher {context.name!r}: no `checkpoint` given; set it to the local weights "
+                              "file or model directory (relative paths are resolved against the data root)")
+    return require_path(context.resolve(value), context.name)
+
+
+def require_path(path: Path | str, teacher: str) -> Path:
+    """``path`` as a :class:`Path`; :class:`CheckpointError` when nothing is there."""
+    path = Path(path)
+    if not path.exists():
+        raise checkpoint_error(teacher, path, "no such file or directory; check the teacher's `checkpoint` "
+                               "(relative paths are resolved against the data root)")
+    return path
 
 
 def find_checkpoint(directory: Path, teacher: str) -> Path:
@@ -56,10 +76,7 @@ def read_state_dict(path: Path | str, teacher: str) -> dict[str, Tensor]:
     Raises:
         CheckpointError: missing, corrupt, unsafe or not holding tensors.
     """
-    path = Path(path)
-    if not path.exists():
-        raise checkpoint_error(teacher, path, "no such file; check the teacher's `checkpoint` (relative paths "
-                               "are resolved against the data root)")
+    path = require_path(path, teacher)
     if path.is_dir():
         path = find_checkpoint(path, teacher)
     raw = _read_safetensors(path, teacher) if path.suffix == ".safetensors" else _read_pickle(path, teacher)
