@@ -85,7 +85,7 @@ class Standardize(nn.Module):
     @torch.no_grad()
     def update(self, grid: Tensor) -> None:
         """Merge the statistics of ``(B, H, W, C)`` ``grid`` into the running ones (Chan et al.)."""
-        tokens = rearrange(grid, "b h w c -> (b h w) c").float()
+        tokens = rearrange(grid, "b h w c -> (b h w) c").to(self.mean.dtype)
         n_new = tokens.shape[0]
         n_old = int(self.count)
         if n_new == 0 or (self.freeze_after is not None and n_old >= self.freeze_after):
@@ -121,7 +121,7 @@ class Standardize(nn.Module):
         """``(B, H, W, C) -> (B, H, W, C)``; updates the statistics first in train mode."""
         if self.training:
             self.update(grid)
-        centered = grid.float() - self.mean
+        centered = grid.to(self.mean.dtype) - self.mean
         if self.method == "phi_s":
             out = centered @ self.transform
         else:

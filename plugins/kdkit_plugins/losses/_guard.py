@@ -13,6 +13,7 @@ from pydantic import Field
 from torch import Tensor
 
 from kdkit import PluginConfig
+from kdkit_plugins.losses._precision import widen
 
 Guard = Literal["none", "standardize", "student_heads"]
 
@@ -36,7 +37,7 @@ def standardize_channels(target: Tensor, eps: float) -> Tensor:
 
     Gradients flow through the statistics, so the result does not change when ``target`` is scaled.
     """
-    flat = target.float().flatten(0, -2)
+    flat = widen(target).flatten(0, -2)
     mean = flat.mean(0)
     var = flat.var(0, unbiased=False)
-    return ((target.float() - mean) / (var + eps).sqrt()).to(target.dtype)
+    return ((widen(target) - mean) / (var + eps).sqrt()).to(target.dtype)

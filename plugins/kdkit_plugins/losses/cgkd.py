@@ -15,6 +15,7 @@ from kdkit import BuildContext, Example, Factory, StepContext, hookimpl
 from kdkit.errors import KdkitError
 from kdkit_plugins.aligners.mlp import GeluMLP
 from kdkit_plugins.losses._guard import GuardedConfig, standardize_channels
+from kdkit_plugins.losses._precision import widen
 from kdkit_plugins.losses._teachers import check_finite, need, same_shape, select_teachers
 
 
@@ -67,7 +68,7 @@ class CoarseGrainedKD(nn.Module):
             if self.guard == "standardize":
                 target = standardize_channels(target, self.eps)
         same_shape(student, target, ", ".join(self.teachers), self.term, "check the teachers' token grids")
-        loss = (student.float() - target.float()).pow(2).mean()
+        loss = (widen(student) - widen(target)).pow(2).mean()
         return check_finite(loss, self.term, {"student_routed": step.student_routed, "concatenated teacher_tokens": tokens})
 
 

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from kdkit import BuildContext, Example, Factory, PluginConfig, StepContext, hookimpl
 from kdkit.errors import KdkitError
+from kdkit_plugins.losses._precision import widen
 from kdkit_plugins.losses._teachers import check_finite, need, same_shape, select_teachers
 
 
@@ -51,7 +52,7 @@ class FeatureLoss:
 
     def distance(self, student: Tensor, target: Tensor) -> Tensor:
         """``(B, m, C)`` pair -> scalar distance."""
-        student, target = student.float(), target.float()
+        student, target = widen(student), widen(target)
         if self.config.metric == "cosine":
             return (1 - F.cosine_similarity(student, target, dim=-1)).mean()
         if self.config.metric == "smooth_l1":

@@ -15,6 +15,7 @@ from kdkit import BuildContext, Example, Factory, StepContext, hookimpl
 from kdkit.errors import KdkitError
 from kdkit_plugins.aligners.mlp import GeluMLP
 from kdkit_plugins.losses._guard import GuardedConfig, standardize_channels
+from kdkit_plugins.losses._precision import widen
 from kdkit_plugins.losses._teachers import check_finite, need, same_shape, select_teachers
 
 
@@ -82,7 +83,7 @@ class FineGrainedKD(nn.Module):
         for teacher in self.teachers:
             student, target = self.pair(step, teacher)
             same_shape(student, target, teacher, self.term, "end the teacher's chain with an mlp or set guard: student_heads")
-            error = (student.float() - target.float()).pow(2).mean(-1)
+            error = (widen(student) - widen(target)).pow(2).mean(-1)
             weights = self.weights(step, teacher, error)
             terms.append((weights * error).sum(-1).mean())
             inputs |= {f"student_forced[{teacher!r}]": student, f"target of teacher {teacher!r}": target}

@@ -15,6 +15,7 @@ from torch import Tensor
 from kdkit import BuildContext, Example, Factory, PluginConfig, StepContext, hookimpl
 from kdkit.errors import KdkitError
 from kdkit.interfaces import RouterOutput
+from kdkit_plugins.losses._precision import widen
 from kdkit_plugins.losses._teachers import check_finite
 
 
@@ -30,8 +31,8 @@ class LoadBalanceConfig(PluginConfig):
 def balance(router: RouterOutput) -> Tensor:
     """Scalar ``E · Σ_e f_e · P_e`` for one router: f from the ``(N,)`` choices, P from ``(N, E)`` probs."""
     experts = router.probs.shape[-1]
-    fraction = F.one_hot(router.choice.long(), experts).float().mean(0)
-    probability = router.probs.float().mean(0)
+    probability = widen(router.probs).mean(0)
+    fraction = F.one_hot(router.choice.long(), experts).to(probability).mean(0)
     return experts * (fraction * probability).sum()
 
 

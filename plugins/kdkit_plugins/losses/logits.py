@@ -15,6 +15,7 @@ from torch import Tensor
 
 from kdkit import BuildContext, Example, Factory, PluginConfig, StepContext, hookimpl
 from kdkit.errors import KdkitError
+from kdkit_plugins.losses._precision import widen
 from kdkit_plugins.losses._teachers import check_finite, need, select_teachers
 
 
@@ -53,7 +54,7 @@ class KlLoss:
         """Scalar loss (unweighted)."""
         logits = _student_logits(step, self.term)
         t = self.config.temperature
-        student = rearrange(logits.float() / t, "... k -> (...) k").log_softmax(-1)
+        student = rearrange(widen(logits) / t, "... k -> (...) k").log_softmax(-1)
         keep = torch.ones(student.shape[0], dtype=torch.bool, device=student.device)
         if step.labels is not None and step.labels.shape == logits.shape[:-1]:
             keep = step.labels.flatten() != self.config.ignore_index
@@ -62,7 +63,7 @@ class KlLoss:
             target = need(step.teacher_logits, teacher, "teacher_logits", self.term)
             if target.shape != logits.shape:
                 raise KdkitError(f"loss {self.term!r}: teacher {teacher!r} logits {tuple(target.shape)} != student {tuple(logits.shape)}")
-            teacher_log = rearrange(target.detach().float() / t, "... k -> (...) k").log_softmax(-1)
+            teacher_log = rearrange(widen(target.detach()) / t, "... k -> (...) k").log_softmax(-1)
             per_position = (teacher_log.exp() * (teacher_log - student)).sum(-1)
             terms.append(t * t * (per_position * keep).sum() / keep.sum().clamp_min(1))
             inputs[f"step.teacher_logits[{teacher!r}]"] = target
@@ -84,7 +85,7 @@ class CeLoss:
         if step.labels.shape != logits.shape[:-1]:
             raise KdkitError(f"loss {self.term!r}: labels {tuple(step.labels.shape)} do not match logits {tuple(logits.shape)}")
         loss = F.cross_entropy(
-            rearrange(logits.float(), "... k -> (...) k"), step.labels.flatten().long(),
+            rearrange(widen(logits), "... k -> (...) k"), step.labels.flatten().long(),
             ignore_index=self.config.ignore_index, label_smoothing=self.config.label_smoothing,
         )
         return check_finite(loss, self.term, {"step.logits": logits})

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from kdkit import BuildContext, Example, Factory, PluginConfig, StepContext, hookimpl
 from kdkit.errors import KdkitError
+from kdkit_plugins.losses._precision import widen
 
 
 class ClsAttentionConfig(PluginConfig):
@@ -56,8 +57,8 @@ class ClsAttentionScorer:
                 f"cls_attention scorer: teacher {source!r} has no CLS (prefix) token; set `reference` to a teacher "
                 "that has one, or use the hawaii or uniform scorer"
             )
-        grid = step.teacher_grids[source].float()
-        cls = prefix[:, 0].float()
+        grid = widen(step.teacher_grids[source])
+        cls = widen(prefix[:, 0])
         logits = torch.einsum("bc,bhwc->bhw", cls, grid) / (math.sqrt(grid.shape[-1]) * self.temperature)
         weights = torch.softmax(rearrange(logits, "b h w -> b (h w)"), -1)
         weights = rearrange(weights, "b (h w) -> b 1 h w", h=grid.shape[1])

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from kdkit import BuildContext, Example, Factory, PluginConfig, StepContext, hookimpl
 from kdkit.errors import KdkitError
 from kdkit_plugins.aligners.mlp import GeluMLP
+from kdkit_plugins.losses._precision import widen
 
 
 class HawaiiConfig(PluginConfig):
@@ -90,12 +91,12 @@ class HawaiiScorer(nn.Module):
                 f"hawaii scorer: teacher {teacher!r} tokens are {tokens.shape[-1]} wide, not the student width "
                 f"{self.width}; end its aligner chain with an mlp or set project_tokens: true"
             )
-        tokens = tokens.float()
-        queries, valid = tokens, torch.ones(tokens.shape[:2], device=tokens.device)
+        tokens = widen(tokens)
+        queries, valid = tokens, tokens.new_ones(tokens.shape[:2])
         rows = self.text_rows(step)
         if rows is not None:  # padded rows are masked out below; all-padding leaves self-similarity
             text, mask = rows
-            queries = torch.cat([tokens, text.float()], 1)
+            queries = torch.cat([tokens, widen(text)], 1)
             valid = torch.cat([valid, mask.to(valid)], 1)
         attention = torch.softmax(torch.einsum("bqd,bkd->bqk", queries, tokens) / math.sqrt(self.width), -1)
         scores = torch.einsum("bqk,bq->bk", attention, valid) / valid.sum(1, keepdim=True)
