@@ -177,3 +177,8 @@ class RouterLog:
     def clear(self) -> None:
         """Forget the last outputs (not the counts)."""
         self._last = {}
+
+    def __deepcopy__(self, memo: dict) -> RouterLog:
+        # router outputs are transient (and hold autograd graphs, which cannot be deep-copied):
+        # a copied model starts with an empty log
+        return RouterLog()

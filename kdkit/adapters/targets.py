@@ -9,12 +9,13 @@ from torch import nn
 
 from kdkit.errors import KdkitError
 
-_LISTED = 12  # candidate names shown in an error message
+_LISTED = 24  # candidate names shown in an error message
 
 
 def _candidates(model: nn.Module, kind: type[nn.Module] | None = None) -> str:
-    """A short list of module names (of one type, when given) for error messages."""
+    """Module names (of one type, when given) with layer numbers folded to ``N``, for errors."""
     names = [n for n, m in model.named_modules() if n and (kind is None or isinstance(m, kind))]
+    names = list(dict.fromkeys(re.sub(r"(?<=\.)\d+(?=\.|$)|^\d+(?=\.|$)", "N", n) for n in names))
     shown = ", ".join(names[:_LISTED])
     more = f", ... ({len(names) - _LISTED} more)" if len(names) > _LISTED else ""
     return shown + more if names else "none"
