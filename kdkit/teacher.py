@@ -89,9 +89,9 @@ class Preprocess(nn.Module):
         super().__init__()
         self.size = size
         self.interpolation = interpolation
-        # Not persistent: they come from the config, so they never belong in a checkpoint.
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(3, 1, 1), persistent=False)
+        # Buffers, so they follow the teacher across devices; persistent like the weights they belong to.
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(3, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(3, 1, 1))
 
     def forward(self, images: Tensor) -> Tensor:
         """``(B, 3, H, W)`` -> ``(B, 3, h, w)`` float32."""

@@ -98,10 +98,14 @@ def build(config: TimmConfig, context: BuildContext) -> TimmTeacher:
 
 
 def example(tmp_dir: Path) -> Example:
-    """A tiny EVA-02 saved as timm weights."""
-    from kdkit_plugins.teachers.tiny import write_tiny_timm
+    """timm's test-sized ConvNeXt saved as timm weights.
 
-    return Example(config=write_tiny_timm(tmp_dir / "timm"), context=BuildContext(name="eva02"))
+    (The tiny EVA-02 of :mod:`kdkit_plugins.teachers.tiny` has non-persistent RoPE buffers, which the
+    contract kit's state-dict round trip perturbs but cannot carry.)
+    """
+    from kdkit_plugins.teachers.tiny import TINY_CONVNEXT, write_tiny_timm
+
+    return Example(config=write_tiny_timm(tmp_dir / "timm", *TINY_CONVNEXT), context=BuildContext(name="convnext"))
 
 
 @hookimpl
