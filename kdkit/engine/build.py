@@ -1,0 +1,142 @@
+"""Recipe -> components: the student with adapters injected, frozen teachers, aligner chains, the
+scorer and the loss terms, assembled into one :class:`~kdkit.engine.step.Distiller`.
+
+Every shape a plugin needs comes from the build context (the student's grid, each teacher's
+aligned grid), never from recipe numbers. Nothing here knows a model or a teacher by name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from kdkit.align import build_aligner_chain
+from kdkit.engine.step import Distiller
+from kdkit.errors import KdkitError
+from kdkit.interfaces import BuildContext
+from kdkit.recipe.schema import Recipe
+from kdkit.registry import Registry
+
+
+def base_context(recipe: Recipe, device: torch.device) -> BuildContext:
+    """The context every block starts from: teacher names, data root and device."""
+    return BuildContext(teacher_names=tuple(recipe.teachers), data_root=Path(recipe.runtime.data_root).expanduser(),
+                        device=str(device))
+
+
+def build_teacher(registry: Registry, name: str, block: Any, context: BuildContext, device: torch.device) -> nn.Module:
+    """One frozen teacher on ``device``; refuses a teacher that could train."""
+    teacher = registry.build("teacher", block.config, dataclasses.replace(context, name=name))
+    if not isinstance(teacher, nn.Module) or not hasattr(teacher, "out_spec"):
+        raise KdkitError(f"teachers.{name}: the teacher plugin {block.kind!r} must build an nn.Module with out_spec")
+    if any(p.requires_grad for p in teacher.parameters()):
+        raise KdkitError(f"teachers.{name}: the {block.kind!r} teacher has parameters that require grad; "
+                         "teachers must be frozen (build them on kdkit.teacher.FrozenTeacher)")
+    return teacher.to(device).eval()
+
+
+def build_distiller(recipe: Recipe, registry: Registry, device: torch.device) -> Distiller:
+    """Build every component of ``recipe`` (seeded with ``runtime.seed``) on ``device``."""
+    torch.manual_seed(recipe.runtime.seed)
+    context = base_context(recipe, device)
+    student = registry.build("student", recipe.student.config, dataclasses.replace(context, name="student"))
+    adapters = {
+        name: registry.build("adapter", block.config, dataclasses.replace(context, name=name, model=student.adapter_target))
+        for name, block in recipe.adapters.items()
+    }
+    teachers = {name: build_teacher(registry, name, block, context, device) for name, block in recipe.teachers.items()}
+    with_student = dataclasses.replace(context, student_spec=student.feature_spec, text_dim=student.text_dim)
+    chains = {
+        name: build_aligner_chain(registry, name, [b.config for b in block.align], teachers[name].out_spec, with_student)
+        for name, block in recipe.teachers.items()
+    }
+    full = dataclasses.replace(
+        with_student,
+        teacher_specs={n: c.out_spec for n, c in chains.items()},
+        teacher_token_specs={n: c.token_spec for n, c in chains.items()},
+        extras={"student": student},
+    )
+    scorer = None
+    if recipe.scorer is not None:
+        scorer = registry.build("scorer", recipe.scorer.config, dataclasses.replace(full, name="scorer"))
+    losses = {name: registry.build("loss", block.config, dataclasses.replace(full, name=name))
+              for name, block in recipe.losses.items()}
+    return Distiller(student, adapters, teachers, chains, scorer, losses).to(device)
+
+
+def module_prefix(root: nn.Module, target: nn.Module) -> str:
+    """``"blocks.0."``-style prefix of ``target`` inside ``root`` (``""`` for the root itself)."""
+    for name, module in root.named_modules():
+        if module is target:
+            return f"{name}." if name else ""
+    raise KdkitError(f"{type(target).__name__} is not a sub-module of {type(root).__name__}")
+
+
+def parameter_groups(distiller: Distiller) -> dict[str, list[str]]:
+    """Named groups of ``distiller`` parameter names: the student's own, ``adapters``, ``routers``, ``kd_heads``.
+
+    The student's groups lose the injected adapter parameters, so ``vision_base`` means the base
+    weights only.
+    """
+    groups: dict[str, list[str]] = {}
+    for handle in distiller.adapters.values():
+        prefix = "student." + module_prefix(distiller.student, handle.model)
+        for group, params in handle.parameter_groups().items():
+            groups.setdefault(group, []).extend(prefix + name for name in params)
+    injected = {n for names in groups.values() for n in names}
+    for group, names in distiller.plugin.parameter_groups().items():
+        groups.setdefault(group, []).extend(n for n in ("student." + m for m in names) if n not in injected)
+    groups["kd_heads"] = [n for n, _ in distiller.heads.named_parameters(prefix="heads")]
+    return groups
+
+
+def resolve_trainable(stage: str, wanted: list[str], distiller: nn.Module, groups: dict[str, list[str]]) -> dict[str, list[str]]:
+    """``{group or pattern: parameter names}`` for a stage's ``trainable`` list.
+
+    Each entry is a group name, else a regular expression matched (``re.fullmatch``) against
+    parameter names such as ``student.blocks.0.attn.qkv.weight``.
+
+    Raises:
+        KdkitError: an entry that matches nothing (the groups and example names are listed).
+    """
+    names = [n for n, _ in distiller.named_parameters()]
+    chosen: dict[str, list[str]] = {}
+    for i, entry in enumerate(wanted):
+        if entry in groups:
+            matched = groups[entry]
+        else:
+            try:
+                pattern = re.compile(entry)
+            except re.error as exc:
+                raise KdkitError(f"stages.{stage}.trainable[{i}] {entry!r} is neither a group nor a valid regex: {exc}") from None
+            matched = [n for n in names if pattern.fullmatch(n)]
+        if not matched:
+            listed = ", ".join(f"{g} ({len(n)})" for g, n in groups.items())
+            raise KdkitError(
+                f"stages.{stage}.trainable[{i}] {entry!r} matches no parameter; groups (parameter tensors): {listed}; "
+                f"or a regular expression on names such as {', '.join(names[:3])}")
+        chosen[entry] = matched
+    return chosen
+
+
+def set_trainable(distiller: nn.Module, chosen: dict[str, list[str]]) -> None:
+    """``requires_grad`` True exactly on the chosen parameters (teachers are not in ``distiller``)."""
+    selected = {n for names in chosen.values() for n in names}
+    for name, param in distiller.named_parameters():
+        param.requires_grad_(name in selected)
+
+
+def trainable_table(distiller: nn.Module, chosen: dict[str, list[str]]) -> list[tuple[str, int]]:
+    """``[(group or pattern, trainable parameter count)]`` plus a ``total`` row (each parameter counted once)."""
+    params = dict(distiller.named_parameters())
+    rows, seen = [], set()
+    for entry, names in chosen.items():
+        rows.append((entry, sum(params[n].numel() for n in names)))
+        seen.update(names)
+    rows.append(("total", sum(params[n].numel() for n in seen)))
+    return rows

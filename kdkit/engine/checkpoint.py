@@ -1,0 +1,209 @@
+"""Training checkpoints that lose nothing, written atomically, the last K kept.
+
+A checkpoint is a directory ``checkpoints/step-00000120/`` holding ``model.safetensors`` (every
+parameter trained so far and the persistent buffers: adapters, routers, aligners, scorer and loss
+projections, unfrozen student weights; never a teacher), ``optimizer.safetensors`` (its tensors by
+parameter name) and ``state.json`` (step, stage, data position, scheduler, per-rank RNG states,
+the resolved recipe). It is written into a temporary directory and renamed into place, so a kill
+during the write leaves the previous checkpoint intact; an existing checkpoint is never replaced.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from kdkit.errors import CheckpointError
+
+FORMAT = 1
+PREFIX = "step-"
+TMP = ".tmp-"
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint read back: model and optimizer tensors, and everything else in ``state``."""
+
+    path: Path
+    model: dict[str, Tensor]
+    optimizer: dict[str, Any]
+    state: dict[str, Any]
+
+
+def rng_state() -> dict[str, Any]:
+    """Every random generator's state as JSON-able data (Python, NumPy, torch CPU and CUDA)."""
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()  # type: ignore[misc]
+    return {
+        "python": [version, list(internal), gauss],
+        "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state().tolist(),
+        "cuda": [s.tolist() for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` captured."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
+
+
+def flatten_optimizer(optim: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """A name-keyed optimizer state dict -> (tensors ``state/<param>/<key>``, JSON-able rest)."""
+    tensors: dict[str, Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for param, entries in optim.get("state", {}).items():
+        for key, value in entries.items():
+            if isinstance(value, Tensor):
+                tensors[f"state/{param}/{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(param, {})[key] = value
+    return tensors, {"param_groups": optim.get("param_groups", []), "scalars": scalars}
+
+
+def unflatten_optimizer(tensors: dict[str, Tensor], rest: dict[str, Any]) -> dict[str, Any]:
+    """Inverse of :func:`flatten_optimizer`."""
+    state: dict[str, dict[str, Any]] = {p: dict(v) for p, v in rest.get("scalars", {}).items()}
+    for key, value in tensors.items():
+        _, body = key.split("/", 1)
+        param, name = body.rsplit("/", 1)
+        state.setdefault(param, {})[name] = value
+    return {"state": state, "param_groups": rest["param_groups"]}
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(data, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def list_checkpoints(directory: Path) -> list[Path]:
+    """Complete checkpoints in ``directory``, oldest first (temporary directories are ignored)."""
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir() if p.is_dir() and p.name.startswith(PREFIX))
+
+
+def save_checkpoint(directory: Path, step: int, model: dict[str, Tensor], optimizer: dict[str, Any],
+                    state: dict[str, Any], keep_last: int) -> Path:
+    """Write a checkpoint for global ``step`` atomically; remove all but the last ``keep_last``.
+
+    Raises:
+        CheckpointError: a checkpoint for this step already exists (it is never overwritten).
+    """
+    final = directory / f"{PREFIX}{step:08d}"
+    if final.exists():
+        raise CheckpointError(f"checkpoint {final} already exists; kdkit never overwrites a checkpoint")
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob(f"{TMP}*"):  # left by a run killed while writing
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = directory / f"{TMP}{final.name}-{os.getpid()}"
+    tmp.mkdir()
+    optim_tensors, optim_rest = flatten_optimizer(optimizer)
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.items()}, str(tmp / "model.safetensors"))
+    save_file(optim_tensors, str(tmp / "optimizer.safetensors"))
+    _write_json(tmp / "optimizer.json", optim_rest)
+    _write_json(tmp / "state.json", {"format": FORMAT, **state})  # written last
+    _fsync_dir(tmp)
+    os.rename(tmp, final)  # atomic: the checkpoint appears whole or not at all
+    _fsync_dir(directory)
+    for old in list_checkpoints(directory)[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _read(path: Path, what: str) -> Any:
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path.parent} is incomplete: {path.name} ({what}) is missing; "
+                              "resume from an earlier checkpoint (delete this directory)")
+    try:
+        if path.suffix == ".json":
+            return json.loads(path.read_text(encoding="utf-8"))
+        return load_file(str(path))
+    except Exception as exc:  # safetensors and json raise their own types on truncation
+        raise CheckpointError(f"checkpoint file {path} ({what}) is corrupt or truncated ({exc}); "
+                              "resume from an earlier checkpoint (delete this directory)") from None
+
+
+def load_checkpoint(path: Path) -> Checkpoint:
+    """Read a checkpoint directory written by :func:`save_checkpoint`.
+
+    Raises:
+        CheckpointError: missing directory or file, truncated or corrupt file, unknown format.
+    """
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    state = _read(path / "state.json", "step, data position, RNG")
+    if state.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint {path} has format {state.get('format')!r}; this kdkit reads {FORMAT}")
+    model = _read(path / "model.safetensors", "model weights")
+    optimizer = unflatten_optimizer(_read(path / "optimizer.safetensors", "optimizer tensors"),
+                                    _read(path / "optimizer.json", "optimizer settings"))
+    return Checkpoint(path, model, optimizer, state)
+
+
+def latest_checkpoint(directory: Path) -> Path:
+    """The newest checkpoint in ``directory``.
+
+    Raises:
+        CheckpointError: there is none.
+    """
+    found = list_checkpoints(directory)
+    if not found:
+        raise CheckpointError(f"nothing to resume: {directory} holds no checkpoint; start the run without --resume")
+    return found[-1]
+
+
+#: Runtime settings that may change between a run and its resumption.
+VOLATILE = ("runtime.output_dir", "runtime.data_root", "runtime.log_every", "runtime.checkpoint_every",
+            "runtime.keep_last", "runtime.num_workers", "runtime.device", "description")
+
+
+def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: data}
+
+
+def recipe_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """``path: saved -> current`` for every recipe value that differs (volatile runtime keys ignored)."""
+    old, new = _flat(saved), _flat(current)
+    keys = sorted(k for k in old.keys() | new.keys() if not k.startswith(VOLATILE))
+    return [f"{k}: {old.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r}" for k in keys if old.get(k) != new.get(k)]
+
+
+def check_model_state(path: Path, saved: dict[str, Tensor], live: dict[str, Tensor]) -> None:
+    """Raise when checkpoint tensors do not fit the live model (names every mismatch, up to 8)."""
+    problems = [f"{k}: not in this model" for k in saved if k not in live]
+    problems += [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(live[k].shape)}"
+                 for k, v in saved.items() if k in live and tuple(v.shape) != tuple(live[k].shape)]
+    if problems:
+        more = f" (+{len(problems) - 8} more)" if len(problems) > 8 else ""
+        raise CheckpointError(f"checkpoint {path} does not fit this recipe's model: " + "; ".join(problems[:8]) + more)

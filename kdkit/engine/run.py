@@ -1,0 +1,134 @@
+"""``kdkit run RECIPE``: one run from a recipe file, in one process or under ``torchrun``.
+
+The run directory receives the resolved recipe (``recipe.yaml``), the environment
+(``environment.json``), ``metrics.jsonl``, TensorBoard events, ``checkpoints/`` and, at the end,
+the report (``report.md`` + PNG plots).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import random
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from kdkit.engine.build import build_distiller
+from kdkit.engine.checkpoint import Checkpoint, check_model_state, latest_checkpoint, load_checkpoint, recipe_differences
+from kdkit.engine.distributed import World, close_world, init_world
+from kdkit.engine.monitor import Monitor, console, truncate_metrics
+from kdkit.engine.trainer import Trainer
+from kdkit.errors import CheckpointError, KdkitError
+from kdkit.recipe import Recipe, dump_recipe, load_recipe, recipe_dict
+from kdkit.registry import Registry
+
+RECIPE_FILE = "recipe.yaml"
+ENVIRONMENT_FILE = "environment.json"
+
+
+def run_dir_of(recipe: Recipe) -> Path:
+    """``runtime.output_dir`` with ``{name}`` replaced by the recipe's name."""
+    return Path(recipe.runtime.output_dir.replace("{name}", recipe.name)).expanduser()
+
+
+def environment(world: World) -> dict[str, Any]:
+    """Versions and devices of this run (saved as ``environment.json``)."""
+    import kdkit
+    from kdkit.plugins import default_plugins
+
+    devices = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    plugins = {p.name: p.version or "" for p in default_plugins().plugins if not p.error}
+    return {
+        "kdkit": kdkit.__version__, "python": platform.python_version(), "torch": torch.__version__,
+        "platform": platform.platform(), "device": str(world.device), "cuda_devices": devices,
+        "world_size": world.size, "strategy": world.strategy, "threads": torch.get_num_threads(), "plugins": plugins,
+    }
+
+
+def check_run_dir(run_dir: Path, resume: bool) -> None:
+    """Refuse to start a fresh run in a directory that holds another run (never overwrite one).
+
+    Raises:
+        KdkitError: ``run_dir`` already holds a run and ``resume`` is False.
+    """
+    if resume:
+        return
+    held = [p.name for p in (run_dir / RECIPE_FILE, run_dir / "checkpoints", run_dir / "metrics.jsonl") if p.exists()]
+    if held:
+        raise KdkitError(f"output directory {run_dir} already holds a run ({', '.join(held)}); pass --resume to "
+                         "continue it, or choose another runtime.output_dir (--output-dir)")
+
+
+def find_resume(run_dir: Path, recipe_data: dict[str, Any]) -> Checkpoint:
+    """The run directory's latest checkpoint, checked against this recipe.
+
+    Raises:
+        CheckpointError: no checkpoint, a broken one, or one of another recipe (the differences are listed).
+    """
+    checkpoint = load_checkpoint(latest_checkpoint(run_dir / "checkpoints"))
+    differences = recipe_differences(checkpoint.state.get("recipe", {}), recipe_data)
+    if differences:
+        shown = "; ".join(differences[:10]) + (f" (+{len(differences) - 10} more)" if len(differences) > 10 else "")
+        raise CheckpointError(f"cannot resume from {checkpoint.path}: it was written by a different recipe; "
+                              f"these parts differ (checkpoint -> now): {shown}")
+    return checkpoint
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def run_recipe(recipe_path: str | Path, overrides: Iterable[str] = (), resume: bool = False,
+               registry: Registry | None = None, tensorboard: bool = True, progress: bool = True) -> Path:
+    """Train the recipe at ``recipe_path`` (with ``--set`` overrides); returns the run directory.
+
+    Args:
+        recipe_path: The recipe file.
+        overrides: ``key=value`` overrides.
+        resume: Continue from the run directory's latest checkpoint.
+        registry: Plugins to build from (default: every installed plugin).
+        tensorboard: Write TensorBoard events.
+        progress: Show a progress bar.
+    """
+    if registry is None:
+        from kdkit.plugins import get_registry
+
+        registry = get_registry()
+    recipe = load_recipe(recipe_path, overrides, registry=registry)
+    recipe_data = recipe_dict(recipe)
+    world = init_world(recipe.runtime)
+    try:
+        run_dir = run_dir_of(recipe)
+        check_run_dir(run_dir, resume)
+        checkpoint = find_resume(run_dir, recipe_data) if resume else None
+        world.barrier()  # every rank checked the directory before rank 0 writes into it
+        if world.main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            dump_recipe(recipe, run_dir / RECIPE_FILE)
+            (run_dir / ENVIRONMENT_FILE).write_text(json.dumps(environment(world), indent=2) + "\n", encoding="utf-8")
+            if checkpoint is not None:
+                truncate_metrics(run_dir, checkpoint.state["global_step"])
+        seed_everything(recipe.runtime.seed)
+        distiller = build_distiller(recipe, registry, world.device)
+        if checkpoint is not None:
+            check_model_state(checkpoint.path, checkpoint.model, distiller.state_dict())
+            distiller.load_state_dict(checkpoint.model, strict=False)
+            console(f"resuming from {checkpoint.path} (global step {checkpoint.state['global_step']})", world.main)
+        monitor = Monitor(run_dir, world.main, tensorboard=tensorboard, progress=progress)
+        Trainer(recipe, distiller, registry, world, run_dir, monitor, recipe_data).fit(checkpoint)
+        if world.main:
+            from kdkit.engine.report import write_report
+
+            write_report(run_dir)
+            console(f"run finished: {run_dir / 'report.md'}", world.main)
+        world.barrier()
+        return run_dir
+    finally:
+        close_world(world)

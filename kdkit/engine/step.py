@@ -1,0 +1,176 @@
+"""One distillation step: teachers, aligner chains, routed and forced student passes, scorer, losses.
+
+:class:`Distiller` is the one trainable module of a run (student + KD heads; never the teachers):
+its ``forward`` turns a batch into a :class:`~kdkit.interfaces.StepContext` and a dict of NAMED,
+UNWEIGHTED losses. :func:`weighted_total` is the one place the recipe's weights are applied.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+from einops import rearrange, repeat
+from torch import Tensor, nn
+
+from kdkit.errors import KdkitError
+from kdkit.interfaces import StepContext
+
+
+def weighted_total(losses: Mapping[str, Tensor], weights: Mapping[str, float]) -> Tensor:
+    """The total loss: ``sum_k weights[k] * losses[k]`` (scalar, float32)."""
+    terms = [weights[name] * loss.float() for name, loss in losses.items()]
+    if not terms:
+        raise KdkitError("the stage has no active loss term; list at least one in stages.<name>.losses")
+    return torch.stack(terms).sum()
+
+
+class ForcedFeatures(Mapping[str, Tensor]):
+    """``I_i^S`` by teacher, computed by ONE batched forced pass on first access (lazily).
+
+    Losses that never read :attr:`StepContext.student_forced` cost nothing; the first that does
+    runs the student once on the images repeated ``N_t`` times, each copy forced through one
+    teacher's expert.
+    """
+
+    def __init__(self, compute: Callable[[], dict[str, Tensor]]) -> None:
+        self._compute = compute
+        self._features: dict[str, Tensor] | None = None
+
+    def _get(self) -> dict[str, Tensor]:
+        if self._features is None:
+            self._features = self._compute()
+        return self._features
+
+    def __getitem__(self, teacher: str) -> Tensor:
+        return self._get()[teacher]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._get())
+
+    def __len__(self) -> int:
+        return len(self._get())
+
+
+@contextlib.contextmanager
+def routing(adapters: Sequence[Any], spec: Any, experts_only: bool = False) -> Iterator[None]:
+    """Every adapter (with teacher experts only, when ``experts_only``) follows ``spec`` inside."""
+    with contextlib.ExitStack() as stack:
+        for handle in adapters:
+            if experts_only and not getattr(handle, "teacher_names", ()):
+                continue
+            if hasattr(handle, "routing"):
+                stack.enter_context(handle.routing(spec))
+        yield
+
+
+def checkpoint_context(adapters: Sequence[Any]) -> Callable[[], tuple[Any, Any]] | None:
+    """``context_fn`` for activation checkpointing that replays every adapter's route, or None."""
+    handles = [h for h in adapters if hasattr(h, "checkpoint_context")]
+    if not handles:
+        return None
+
+    def context_fn() -> tuple[Any, Any]:
+        pairs = [h.checkpoint_context() for h in handles]
+        return _Joined([p[0] for p in pairs]), _Joined([p[1] for p in pairs])
+
+    return context_fn
+
+
+class _Joined(contextlib.AbstractContextManager):
+    """Several context managers entered and left as one."""
+
+    def __init__(self, managers: list[Any]) -> None:
+        self.managers = managers
+        self.stack = contextlib.ExitStack()
+
+    def __enter__(self) -> _Joined:
+        for manager in self.managers:
+            self.stack.enter_context(manager)
+        return self
+
+    def __exit__(self, *exc: object) -> bool | None:
+        return self.stack.__exit__(*exc)
+
+
+class Distiller(nn.Module):
+    """Student (with adapters) + KD heads; teachers are held but never registered.
+
+    Args:
+        student: The student plugin object (its ``model`` becomes the ``student`` sub-module).
+        adapters: Adapter handles by name, already injected into the student.
+        teachers: Frozen teachers by name, in recipe order.
+        chains: Aligner chain per teacher (trainable).
+        scorer: Token scorer, or None for uniform weights.
+        losses: Loss terms by name.
+    """
+
+    def __init__(self, student: Any, adapters: Mapping[str, Any], teachers: Mapping[str, nn.Module],
+                 chains: Mapping[str, nn.Module], scorer: Any, losses: Mapping[str, Callable[[StepContext], Tensor]]) -> None:
+        super().__init__()
+        self.student = student.model
+        heads = nn.ModuleDict({"aligners": nn.ModuleDict(dict(chains))})
+        if isinstance(scorer, nn.Module):
+            heads["scorer"] = scorer
+        heads["losses"] = nn.ModuleDict({n: m for n, m in losses.items() if isinstance(m, nn.Module)})
+        self.heads = heads
+        # plain attributes: not sub-modules, so never in the optimizer, DDP buckets or checkpoints
+        self.plugin = student
+        self.adapters = dict(adapters)
+        self.teachers = dict(teachers)
+        self.chains = dict(chains)
+        self.scorer = scorer
+        self.losses = dict(losses)
+        self.active: tuple[str, ...] = tuple(losses)
+
+    def teacher_pass(self, images: Tensor, step: StepContext) -> None:
+        """Teachers (frozen, own dtype) and aligner chains -> grids, tokens ``I_i^T``, aligned ``Î_i^T``."""
+        for name, teacher in self.teachers.items():
+            out = teacher(images)
+            step.teacher_grids[name] = out.grid
+            if out.prefix is not None:
+                step.teacher_prefix[name] = out.prefix
+            tokens, aligned = self.chains[name](out.grid)
+            step.teacher_tokens[name] = tokens
+            step.teacher_aligned[name] = aligned
+
+    def forced_pass(self, images: Tensor) -> dict[str, Tensor]:
+        """``(B, 3, H, W)`` -> ``{teacher: (B, m, D)}`` from one pass over ``N_t * B`` images."""
+        handles = [h for h in self.adapters.values() if getattr(h, "teacher_names", ())]
+        if not handles:
+            raise KdkitError("a loss reads step.student_forced (the student forced through each teacher's expert), "
+                             "but no adapter has teacher experts; add a mola adapter or drop that loss")
+        order = tuple(handles[0].teacher_names)
+        batch = images.shape[0]
+        index = torch.arange(len(order), device=images.device).repeat_interleave(batch)
+        with routing(handles, index):
+            features = self.plugin.encode(repeat(images, "b c h w -> (t b) c h w", t=len(order)))
+        chunks = rearrange(features, "(t b) m d -> t b m d", t=len(order))
+        return {name: chunks[k] for k, name in enumerate(order)}
+
+    def forward(self, batch: Mapping[str, Any]) -> tuple[dict[str, Tensor], StepContext]:
+        """Batch -> (``{term: unweighted scalar}`` of the active losses, step context)."""
+        images = batch["images"]
+        step = StepContext(batch=batch, teacher_names=tuple(self.teachers), labels=batch.get("labels"))
+        self.teacher_pass(images, step)
+        with routing(self.adapters.values(), "routed"):
+            out = self.plugin(batch)
+        step.routers = [r for h in self.adapters.values() if hasattr(h, "router_outputs") for r in h.router_outputs()]
+        step.student_routed, step.task_loss, step.logits = out.features, out.task_loss, out.logits
+        step.text, step.text_mask = out.text, out.text_mask
+        step.student_forced = ForcedFeatures(lambda: self.forced_pass(images))  # type: ignore[assignment]
+        if self.scorer is not None:
+            step.scores = {name: self.scorer(step, name) for name in step.teacher_names}
+        losses: dict[str, Tensor] = {}
+        for name in self.active:
+            try:
+                losses[name] = self.losses[name](step)
+            except KdkitError as exc:
+                # a term that found its own value non-finite: let the engine's guard decide (stop or skip)
+                if "non-finite" not in str(exc):
+                    raise
+                step.extras.setdefault("nonfinite", {})[name] = str(exc)
+                losses[name] = torch.full((), float("nan"), device=images.device)
+        return losses, step
