@@ -142,6 +142,12 @@ def _stateful_module(kind: str, built: Any, example: Example) -> Any:
     return built if isinstance(built, nn.Module) else None
 
 
+def _eval(module: Any) -> None:
+    """Eval mode for the round trip: running statistics must not move between two probes."""
+    if module is not None:
+        module.eval()
+
+
 def _perturb(module: Any, seed: int) -> None:
     """Add noise to every floating parameter/buffer so a round trip cannot pass by accident."""
     import torch
@@ -191,6 +197,7 @@ def check_plugin(kind: str, name: str, factory: Factory, tmp_path: Path | str) -
         return factory.build(config, example.context), example
 
     first, example1 = build(0)
+    _eval(_stateful_module(kind, first, example1))
     example1 = _with_default_inputs(kind, example1)
     out1 = _probe(kind, name, first, example1)
     module1 = _stateful_module(kind, first, example1)
@@ -202,6 +209,7 @@ def check_plugin(kind: str, name: str, factory: Factory, tmp_path: Path | str) -
 
     second, example2 = build(1)
     module2 = _stateful_module(kind, second, example2)
+    _eval(module2)
     module2.load_state_dict(state, strict=True)
     if kind != "adapter":  # an adapter's inputs belong to its example's own model
         example2 = Example(example2.config, example2.context, inputs=example1.inputs)
