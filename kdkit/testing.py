@@ -197,7 +197,8 @@ def check_plugin(kind: str, name: str, factory: Factory, tmp_path: Path | str) -
         return factory.build(config, example.context), example
 
     first, example1 = build(0)
-    _eval(_stateful_module(kind, first, example1))
+    if kind != "teacher":  # a teacher must be in eval mode by itself: the probe checks it
+        _eval(_stateful_module(kind, first, example1))
     example1 = _with_default_inputs(kind, example1)
     out1 = _probe(kind, name, first, example1)
     module1 = _stateful_module(kind, first, example1)
@@ -209,7 +210,8 @@ def check_plugin(kind: str, name: str, factory: Factory, tmp_path: Path | str) -
 
     second, example2 = build(1)
     module2 = _stateful_module(kind, second, example2)
-    _eval(module2)
+    if kind != "teacher":
+        _eval(module2)
     module2.load_state_dict(state, strict=True)
     if kind != "adapter":  # an adapter's inputs belong to its example's own model
         example2 = Example(example2.config, example2.context, inputs=example1.inputs)
