@@ -196,7 +196,8 @@ def recipe_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[s
     """``path: saved -> current`` for every recipe value that differs (volatile runtime keys ignored)."""
     old, new = _flat(saved), _flat(current)
     keys = sorted(k for k in old.keys() | new.keys() if not k.startswith(VOLATILE))
-    return [f"{k}: {old.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r}" for k in keys if old.get(k) != new.get(k)]
+    absent = "<absent>"
+    return [f"{k}: {old.get(k, absent)!r} -> {new.get(k, absent)!r}" for k in keys if old.get(k, absent) != new.get(k, absent)]
 
 
 def check_model_state(path: Path, saved: dict[str, Tensor], live: dict[str, Tensor]) -> None:

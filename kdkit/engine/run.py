@@ -86,7 +86,8 @@ def seed_everything(seed: int) -> None:
 
 
 def run_recipe(recipe_path: str | Path, overrides: Iterable[str] = (), resume: bool = False,
-               registry: Registry | None = None, tensorboard: bool = True, progress: bool = True) -> Path:
+               registry: Registry | None = None, tensorboard: bool = True, progress: bool = True,
+               report: bool = True) -> Path:
     """Train the recipe at ``recipe_path`` (with ``--set`` overrides); returns the run directory.
 
     Args:
@@ -96,6 +97,7 @@ def run_recipe(recipe_path: str | Path, overrides: Iterable[str] = (), resume: b
         registry: Plugins to build from (default: every installed plugin).
         tensorboard: Write TensorBoard events.
         progress: Show a progress bar.
+        report: Write the end-of-run report.
     """
     if registry is None:
         from kdkit.plugins import get_registry
@@ -123,7 +125,7 @@ def run_recipe(recipe_path: str | Path, overrides: Iterable[str] = (), resume: b
             console(f"resuming from {checkpoint.path} (global step {checkpoint.state['global_step']})", world.main)
         monitor = Monitor(run_dir, world.main, tensorboard=tensorboard, progress=progress)
         Trainer(recipe, distiller, registry, world, run_dir, monitor, recipe_data).fit(checkpoint)
-        if world.main:
+        if world.main and report:
             from kdkit.engine.report import write_report
 
             write_report(run_dir)

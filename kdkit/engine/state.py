@@ -46,7 +46,7 @@ def save(trainer: Trainer, model: nn.Module, optimizer: torch.optim.Optimizer, s
         meta = {
             "stage_index": index, "stage": stage, "stage_step": stage_step, "stage_steps": plan.steps,
             "stage_done": stage_step == plan.steps, "global_step": trainer.global_step,
-            "trained": sorted(trainer.trained), "scheduler": scheduler.state_dict(),
+            "trained": sorted(trainer.trained), "skipped": trainer.meter.skipped, "scheduler": scheduler.state_dict(),
             "scaler": trainer.scaler.state_dict() if trainer.scaler else None, "rng": rngs,
             "data": {"micro_batches": micro, "epoch": micro // plan.batches_per_epoch,
                      "offset": micro % plan.batches_per_epoch, "world_size": world.size,

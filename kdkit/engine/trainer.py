@@ -64,6 +64,7 @@ class Trainer:
         self.weights = {name: block.weight for name, block in recipe.losses.items()}
         self.global_step = 0
         self.trained: set[str] = set()
+        self.meter = state.Meter(world)
         self.scaler = torch.amp.GradScaler(world.device.type) if self.runtime.precision == "fp16" else None
         if recipe.runtime.gradient_checkpointing:
             enable = getattr(distiller.plugin, "enable_gradient_checkpointing", None)
@@ -80,6 +81,7 @@ class Trainer:
         if resume is not None:
             self.global_step = resume.state["global_step"]
             self.trained = set(resume.state["trained"])
+            self.meter.skipped = resume.state.get("skipped", 0)
         for index, (name, stage) in enumerate(self.recipe.stages.items()):
             if resume is not None and index < resume.state["stage_index"]:
                 continue
@@ -113,7 +115,7 @@ class Trainer:
         stream = batch_stream(dataset, stage, plan, self.world, self.runtime.seed, start * plan.accumulation,
                               self.runtime.num_workers)
         self.monitor.stage_start(name, plan.steps, start)
-        meter = state.Meter(self.world)
+        meter = self.meter
         for stage_step in range(start, plan.steps):
             self.optimizer_step(model, optimizer, scheduler, stream, plan, stage, name, stage_step, meter)
             self.global_step += 1

@@ -1,0 +1,136 @@
+"""End-to-end runs of the tiny recipe: outputs, exact resume, and the errors a user can hit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from kdkit.engine import trainer as trainer_module
+from kdkit.engine.checkpoint import list_checkpoints
+from kdkit.engine.monitor import read_metrics
+from kdkit.engine.run import run_recipe
+from kdkit.errors import CheckpointError, KdkitError
+
+RECIPE = Path(__file__).parents[3] / "recipes" / "tiny" / "timm_two_teachers.yaml"
+
+
+def run(overrides: list[str], registry, **kwargs) -> Path:
+    return run_recipe(RECIPE, overrides, registry=registry, tensorboard=False, progress=False, **kwargs)
+
+
+def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(list_checkpoints(run_dir / "checkpoints")[-1] / "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def straight(fast_into, tmp_path_factory, registry) -> Path:
+    """The fast recipe run from start to end without interruption (4 steps over 2 stages)."""
+    return run(fast_into(tmp_path_factory.mktemp("straight") / "run"), registry)
+
+
+def test_run_writes_everything_a_user_reads(straight: Path) -> None:
+    for name in ("recipe.yaml", "environment.json", "metrics.jsonl", "report.md", "losses.png", "throughput.png",
+                 "routing_teacher.png", "routing_general.png"):
+        assert (straight / name).is_file(), name
+    records = read_metrics(straight)
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    assert [r["stage"] for r in records] == ["pretrain", "pretrain", "finetune", "finetune"]
+    assert set(records[0]["losses"]) == {"task", "fine", "coarse", "balance"}
+    # the logged total is the recipe-weighted sum of the logged unweighted terms
+    weights = {"task": 1.0, "fine": 0.5, "coarse": 0.5, "balance": 0.05}
+    for record in records:
+        assert record["loss"] == pytest.approx(sum(weights[k] * v for k, v in record["losses"].items()), rel=1e-5)
+    usage = records[-1]["routing"]["teacher"]
+    assert set(usage) == {"blocks.0.mlp", "blocks.1.mlp"} and all(sum(f) == pytest.approx(1.0) for f in usage.values())
+
+
+def test_checkpoints_hold_every_trained_part_and_no_teacher(straight: Path) -> None:
+    names = set(final_weights(straight))
+    assert any(".lora_A" in n for n in names) and any("router" in n for n in names)
+    assert any(n.startswith("heads.aligners.clip.") for n in names)
+    assert any(n.startswith("heads.losses.coarse.") for n in names)  # CGKD's summarizer f_cg
+    assert "student.patch_embed.proj.weight" in names  # trained in stage 2 (vision_base)
+    assert not any("teacher" in n.split(".")[0] for n in names)
+    assert len(list_checkpoints(straight / "checkpoints")) == 4
+
+
+@pytest.mark.parametrize("killed_after", [
+    pytest.param(1, id="mid-stage-1", marks=pytest.mark.slow),
+    pytest.param(2, id="stage-boundary", marks=pytest.mark.slow),
+    pytest.param(3, id="mid-stage-2"),
+])
+def test_resume_continues_exactly(straight, fast, registry, monkeypatch, killed_after: int) -> None:
+    calls = {"n": 0}
+    original = trainer_module.Trainer.optimizer_step
+
+    def dies(self, *args, **kwargs):
+        if calls["n"] == killed_after:
+            raise RuntimeError("killed")
+        calls["n"] += 1
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_module.Trainer, "optimizer_step", dies)
+    with pytest.raises(RuntimeError, match="killed"):
+        run(fast, registry, report=False)
+    monkeypatch.setattr(trainer_module.Trainer, "optimizer_step", original)
+    run_dir = run(fast, registry, resume=True, report=False)
+
+    assert [r["losses"] for r in read_metrics(run_dir)] == [r["losses"] for r in read_metrics(straight)]
+    resumed, reference = final_weights(run_dir), final_weights(straight)
+    assert resumed.keys() == reference.keys()
+    assert all(torch.equal(resumed[k], reference[k]) for k in reference)
+
+
+def test_output_dir_holding_a_run_is_never_overwritten(straight, registry) -> None:
+    before = (straight / "metrics.jsonl").read_text()
+    overrides = [f"runtime.output_dir={straight}", f"runtime.data_root={straight.parent}"]
+    with pytest.raises(KdkitError, match="already holds a run .*pass --resume"):
+        run(overrides, registry)
+    assert (straight / "metrics.jsonl").read_text() == before
+
+
+def test_resume_from_another_recipe_names_the_differences(straight, fast_into, tmp_path, registry) -> None:
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(straight, copy)
+    changed = fast_into(copy) + ["adapters.mola.rank=2", "losses.fine.weight=0.25"]
+    with pytest.raises(CheckpointError, match=r"adapters\.mola\.rank: 4 -> 2.*losses\.fine\.weight: 0\.5 -> 0\.25"):
+        run(changed, registry, resume=True)
+
+
+def test_resume_without_checkpoint_says_so(fast, registry) -> None:
+    with pytest.raises(CheckpointError, match="nothing to resume"):
+        run(fast, registry, resume=True)
+
+
+def test_trainable_group_matching_nothing(fast, registry) -> None:
+    with pytest.raises(KdkitError, match=r"stages\.pretrain\.trainable\[1\] 'projector' matches no parameter; groups"):
+        run(fast + ["stages.pretrain.trainable=[adapters, projector]"], registry)
+
+
+def test_nonfinite_loss_stops_naming_step_term_and_batch(fast, registry, monkeypatch) -> None:
+    from kdkit_plugins.losses.task import TaskLoss
+
+    def poisoned(self, step):
+        bad = 3 in step.batch["ids"].tolist()
+        return step.task_loss * (float("nan") if bad else 1.0)
+
+    monkeypatch.setattr(TaskLoss, "__call__", poisoned)
+    with pytest.raises(trainer_module.NonFiniteLoss, match=r"stage 'pretrain' step \d \(global step \d\): rank 0: "
+                       r"term 'task' on batch ids \[.*3.*\]"):
+        run(fast, registry, report=False)
+    monkeypatch.undo()
+
+
+def test_nonfinite_loss_skips_the_step_when_asked(fast, registry, monkeypatch) -> None:
+    from kdkit_plugins.losses.task import TaskLoss
+
+    monkeypatch.setattr(TaskLoss, "__call__", lambda self, step: step.task_loss * float("nan"))
+    run_dir = run(fast + ["runtime.on_nonfinite=skip", "stages.finetune.losses=[fine]"], registry, report=False)
+    records = read_metrics(run_dir)
+    assert [r["skipped"] for r in records] == [1, 2, 2, 2]
+    assert all(torch.isfinite(v).all() for v in final_weights(run_dir).values())

@@ -1,0 +1,99 @@
+"""One distillation step on the tiny recipe: named unweighted terms, the one batched forced pass,
+trainable groups."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kdkit.engine import build
+from kdkit.engine.step import weighted_total
+from kdkit.errors import KdkitError
+from kdkit.recipe import load_recipe
+from kdkit_plugins.data.synthetic import SyntheticImages
+
+
+@pytest.fixture(scope="module")
+def distiller(tiny_recipe, tiny_root, registry):
+    recipe = load_recipe(tiny_recipe, [f"runtime.data_root={tiny_root}"], registry=registry)
+    model = build.build_distiller(recipe, registry, torch.device("cpu"))
+    with torch.no_grad():  # make every expert matter (lora_B starts at zero)
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+    return model
+
+
+@pytest.fixture
+def batch():
+    data = SyntheticImages(4, 32, 4, 0.1, 0)
+    return torch.utils.data.default_collate([data[i] for i in range(3)])
+
+
+def test_step_returns_named_unweighted_terms(distiller, batch) -> None:
+    losses, step = distiller(batch)
+    assert list(losses) == ["task", "fine", "coarse", "balance"]
+    assert all(v.ndim == 0 and torch.isfinite(v) for v in losses.values())
+    assert step.student_routed.shape == (3, 16, 16) and set(step.teacher_aligned) == {"clip", "eva02"}
+    assert step.task_loss is losses["task"]
+    assert len(step.routers) == 4  # 2 blocks x (teacher, general)
+    total = weighted_total(losses, {"task": 1.0, "fine": 0.5, "coarse": 0.5, "balance": 0.05}).item()
+    value = {k: v.item() for k, v in losses.items()}
+    assert total == pytest.approx(value["task"] + 0.5 * value["fine"] + 0.5 * value["coarse"] + 0.05 * value["balance"])
+
+
+def test_one_batched_forced_pass_equals_each_teacher_forced_alone(distiller, batch, monkeypatch) -> None:
+    calls = []
+    encode = distiller.plugin.encode
+    monkeypatch.setattr(distiller.plugin, "encode", lambda images: calls.append(images.shape[0]) or encode(images))
+    _, step = distiller(batch)
+    forced = dict(step.student_forced)
+    forced_again = dict(step.student_forced)
+    assert calls == [6]  # once, N_t x B images
+    handle = distiller.adapters["mola"]
+    for teacher in ("clip", "eva02"):
+        with handle.routing(teacher):
+            alone = encode(batch["images"])
+        torch.testing.assert_close(forced[teacher], alone, rtol=1e-5, atol=1e-6)
+        assert forced_again[teacher] is forced[teacher]
+    assert not torch.allclose(forced["clip"], forced["eva02"])
+
+
+def test_no_forced_pass_when_no_active_loss_reads_it(distiller, batch, monkeypatch) -> None:
+    monkeypatch.setattr(distiller, "active", ("task", "coarse"))
+    monkeypatch.setattr(distiller, "forced_pass", lambda images: pytest.fail("forced pass ran"))
+    losses, _ = distiller(batch)
+    assert list(losses) == ["task", "coarse"]
+
+
+def test_groups_split_base_adapters_routers_and_heads(distiller) -> None:
+    groups = build.parameter_groups(distiller)
+    assert set(groups) == {"adapters", "routers", "head", "vision_base", "kd_heads"}
+    assert all(".lora_" in n for n in groups["adapters"]) and all("router" in n for n in groups["routers"])
+    assert not set(groups["vision_base"]) & set(groups["adapters"] + groups["routers"])
+    every = [n for names in groups.values() for n in names]
+    assert sorted(every) == sorted(n for n, _ in distiller.named_parameters())  # each parameter in one group
+
+
+def test_trainable_patterns_and_counts(distiller) -> None:
+    groups = build.parameter_groups(distiller)
+    chosen = build.resolve_trainable("s", ["routers", r"student\.blocks\.1\..*norm.*"], distiller, groups)
+    build.set_trainable(distiller, chosen)
+    trainable = {n for n, p in distiller.named_parameters() if p.requires_grad}
+    assert trainable == set(groups["routers"]) | {n for n in chosen[r"student\.blocks\.1\..*norm.*"]}
+    rows = dict(build.trainable_table(distiller, chosen))
+    assert rows["total"] == sum(p.numel() for p in distiller.parameters() if p.requires_grad)
+    assert not any(p.requires_grad for t in distiller.teachers.values() for p in t.parameters())
+
+
+def test_trainable_entry_matching_nothing(distiller) -> None:
+    groups = build.parameter_groups(distiller)
+    with pytest.raises(KdkitError, match=r"stages.s.trainable\[0\] 'llm' matches no parameter; groups .*adapters \(\d+\)"):
+        build.resolve_trainable("s", ["llm"], distiller, groups)
+    with pytest.raises(KdkitError, match=r"neither a group nor a valid regex"):
+        build.resolve_trainable("s", ["student.(("], distiller, groups)
+
+
+def test_teachers_are_not_submodules(distiller) -> None:
+    assert not any(n.startswith("teachers") for n, _ in distiller.named_parameters())
+    assert all(not t.training for t in distiller.teachers.values())
