@@ -99,14 +99,16 @@ def _read_pickle(path: Path, teacher: str) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "weights only" in str(exc).lower() or "weights_only" in str(exc):
-            first = str(exc).strip().splitlines()
-            detail = next((line for line in first if "GLOBAL" in line or "Unsupported" in line), first[0])
+        lines = str(exc).strip().splitlines() or [type(exc).__name__]
+        detail = next((line for line in lines if "GLOBAL" in line or "Unsupported global" in line), None)
+        if detail is not None:  # the pickle names a class or function it would import and call
             raise checkpoint_error(teacher, path, "refused: this pickle needs to run code to load "
                                    f"({detail.strip()}). kdkit reads checkpoints with weights_only=True "
                                    "only; re-save the weights as a plain state dict "
                                    "(torch.save(model.state_dict(), ...)) or as safetensors") from None
-        raise checkpoint_error(teacher, path, f"corrupt pickle ({exc})") from None
+        reason = next((line for line in lines if "Unsupported" in line), lines[0]).strip()
+        raise checkpoint_error(teacher, path, f"not a readable PyTorch checkpoint ({reason}); the file is corrupt "
+                               "or was not written by torch.save, re-download or re-save it") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise checkpoint_error(teacher, path, f"not a readable PyTorch checkpoint ({reason}); the file is "
