@@ -52,22 +52,28 @@ class LowRankExperts(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def add(self, out: Tensor, x: Tensor, route: Route) -> Tensor:
-        """``out`` ``(..., out)`` plus the routed experts applied to ``x`` ``(..., in)``."""
+        """``out`` ``(..., out)`` plus the routed experts applied to ``x`` ``(..., in)``.
+
+        The experts are added into ``out`` in place (one fused GEMM, no copy of the wide output):
+        ``out`` is the fresh result of the base Linear, which autograd does not keep.
+        """
         x = self.dropout(x)
         if route.index is not None:
             return self._per_sample(out, x, route.index)
-        rows, outs = rearrange(x, "... i -> (...) i"), rearrange(out, "... o -> (...) o")
+        rows, outs = rearrange(x, "... i -> (...) i"), out.view(-1, out.shape[-1])  # view: writes reach out
         if route.expert is not None:
-            a, b = self.lora_A[route.expert].to(x.dtype), self.lora_B[route.expert].to(x.dtype)
-            return torch.addmm(outs, F.linear(rows, a), b, alpha=self.scaling).view_as(out)
+            z = F.linear(rows, self.lora_A[route.expert].to(x.dtype))
+            outs.addmm_(z.to(out.dtype), self.lora_B[route.expert].to(out.dtype), alpha=self.scaling)
+            return out
         gates = route.gates
         assert gates is not None
-        stop = route.start + gates.shape[-1]
-        a = rearrange(self.lora_A[route.start : stop], "e r i -> (e r) i").to(x.dtype)
-        b = rearrange(self.lora_B[route.start : stop], "e r o -> (e r) o").to(x.dtype)
-        z = rearrange(F.linear(rows, a), "n (e r) -> n e r", e=gates.shape[-1])
+        a, b = self.lora_A, self.lora_B
+        if gates.shape[-1] != a.shape[0]:  # a group only (a full slice would still cost a backward copy)
+            a, b = a[route.start : route.start + gates.shape[-1]], b[route.start : route.start + gates.shape[-1]]
+        z = rearrange(F.linear(rows, rearrange(a, "e r i -> (e r) i").to(x.dtype)), "n (e r) -> n e r", e=gates.shape[-1])
         z = rearrange(z * gates.to(z.dtype).unsqueeze(-1), "n e r -> n (e r)")
-        return torch.addmm(outs, z, b).view_as(out)
+        outs.addmm_(z.to(out.dtype), rearrange(b, "e r o -> (e r) o").to(out.dtype))
+        return out
 
     def _per_sample(self, out: Tensor, x: Tensor, index: Tensor) -> Tensor:
         """Sample ``k`` of ``x`` ``(B, ..., in)`` through expert ``index[k]`` only."""
@@ -78,9 +84,10 @@ class LowRankExperts(nn.Module):
                 f"{x.shape[0]} (tokens must be batch-first)"
             )
         a = self.lora_A.index_select(0, index).to(x.dtype)  # (B, r, in)
-        b = self.lora_B.index_select(0, index).to(x.dtype)  # (B, r, out)
+        b = self.lora_B.index_select(0, index).to(out.dtype)  # (B, r, out)
         z = torch.bmm(rearrange(x, "b ... i -> b (...) i"), a.transpose(1, 2))
-        return torch.baddbmm(rearrange(out, "b ... o -> b (...) o"), z, b, alpha=self.scaling).view_as(out)
+        out.view(batch, -1, out.shape[-1]).baddbmm_(z.to(out.dtype), b, alpha=self.scaling)
+        return out
 
     def extra_repr(self) -> str:
         e, r, i = self.lora_A.shape
@@ -134,7 +141,8 @@ class MolaBlock(nn.Module):
         try:
             out = self.base_layer(hidden, *args, **kwargs)
             if self.experts is not None and self.route is not None:
-                out = self.experts.add(out, hidden, self.route)
+                # a block's output may be saved by autograd (unlike a Linear's): add out of place
+                out = self.experts.add(out.clone(memory_format=torch.contiguous_format), hidden, self.route)
         finally:
             self.route = None
         return out
