@@ -177,13 +177,26 @@ def measure(args: argparse.Namespace) -> dict[str, float]:
 
 
 # -- parameters and FLOPs of a full CLIP-L/14-336 tower (meta tensors: nothing is computed) ------
+def _addmm_flops(_out: list[int], a: list[int], b: list[int], *args: object, **kwargs: object) -> int:
+    """FLOPs of ``out += a @ b`` from shapes (what the counter's wrapper passes)."""
+    return 2 * a[0] * a[1] * b[1]
+
+
+def _baddbmm_flops(_out: list[int], a: list[int], b: list[int], *args: object, **kwargs: object) -> int:
+    """FLOPs of a batched ``out += a @ b`` from shapes."""
+    return 2 * a[0] * a[1] * a[2] * b[2]
+
+
 def overhead(rank: int, router_hidden: int) -> list[dict[str, object]]:
     """Rows of the CLIP-L overhead table: parameters and forward FLOPs per image per variant."""
     from torch.utils.flop_counter import FlopCounterMode
 
     def count(model: nn.Module, routing: object = None) -> tuple[int, dict[str, int]]:
         images = torch.empty(1, 3, 336, 336, device="meta")
-        with FlopCounterMode(display=False) as counter:
+        # the experts are added with in-place addmm_/baddbmm_, which the counter does not know
+        aten = torch.ops.aten
+        inplace = {aten.addmm_: _addmm_flops, aten.baddbmm_: _baddbmm_flops}
+        with FlopCounterMode(display=False, custom_mapping=inplace) as counter:
             if routing is None:
                 model(images)
             else:
@@ -209,7 +222,7 @@ def overhead(rank: int, router_hidden: int) -> list[dict[str, object]]:
             experts = len(TEACHERS) + 3
             active = n_router + 2 * n_adapt // experts  # one teacher + one general expert per token
             flops, by_module = count(model)
-            router_flops = sum(v for k, v in by_module.items() if k.endswith(("router_teacher", "router_general")))
+            router_flops = sum(sum(v.values()) for k, v in by_module.items() if k.endswith(("router_teacher", "router_general")))
             one_lora = count(model, handle.routing("clip"))[0] - flops_base  # exactly one expert
             rows.append(dict(variant=f"MoLA {placement}, executed (dense, 6 experts)", params=n_base + n_adapt + n_router,
                              extra=n_adapt + n_router, active=active, flops=flops))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -20,7 +22,9 @@ class Router(nn.Module):
         self.fc2 = nn.Linear(hidden, experts, device=device)
 
     def forward(self, tokens: Tensor) -> Tensor:
-        with torch.autocast(tokens.device.type, enabled=False):
+        device = tokens.device.type
+        off = torch.autocast(device, enabled=False) if torch.amp.is_autocast_available(device) else nullcontext()
+        with off:
             hidden = F.gelu(F.linear(tokens.float(), self.fc1.weight.float(), self.fc1.bias.float()))
             logits = F.linear(hidden, self.fc2.weight.float(), self.fc2.bias.float())
         return logits.softmax(-1)
