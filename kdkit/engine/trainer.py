@@ -104,7 +104,7 @@ class Trainer:
         model = wrap(self.distiller, self.world, units)
         self.trained |= {n for names in chosen.values() for n in names}
         self.distiller.active = tuple(stage.losses or self.recipe.losses)
-        rows = "\n".join(f"  {group:<24} {count:>14,}" for group, count in build.trainable_table(model, chosen))
+        rows = "\n".join(f"  {group:<24} {count:>14,}" for group, count in build.trainable_table(self.distiller, chosen))
         console(f"stage {name!r}: {plan.steps} steps, accumulation {plan.accumulation}, "
                 f"losses {', '.join(self.distiller.active)}; trainable parameters:\n{rows}", self.world.main)
         optimizer = make_optimizer(model, stage.optimizer)

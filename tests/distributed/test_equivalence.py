@@ -1,0 +1,81 @@
+"""Two CPU processes (gloo, started by torchrun) give the losses and weights of one process with the
+same global batch, for DDP and for FSDP2.
+
+The global batch of each optimizer step holds the same samples whatever the world size
+(``DistributedSampler`` order), and every term compared here is a per-sample mean, so the runs
+agree up to float summation order: tolerance rtol 1e-4 / atol 1e-6 on every logged loss, and
+atol 2e-5 on the final weights (Adam divides by the root of the second moment, which turns
+float-order noise in a near-zero gradient into an update of up to the learning rate). The
+load-balance term is left out: it is not a per-sample mean, so its value depends on how the
+global batch is cut into micro-batches, which changes with the world size by design.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from kdkit.engine.checkpoint import list_checkpoints
+from kdkit.engine.monitor import read_metrics
+from kdkit.engine.run import run_recipe
+from kdkit.engine.tiny import prepare_tiny
+
+RECIPE = Path(__file__).parents[2] / "recipes" / "tiny" / "timm_two_teachers.yaml"
+SETTINGS = [
+    "stages.pretrain.max_steps=2", "stages.finetune.max_steps=2",
+    "stages.pretrain.batch.global_size=4", "stages.pretrain.batch.per_device=2",
+    "stages.finetune.batch.global_size=4", "stages.finetune.batch.per_device=2",
+    "stages.pretrain.data.size=16", "stages.finetune.data.size=16",
+    "stages.pretrain.losses=[task, fine, coarse]", "stages.finetune.losses=[task, fine, coarse]",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    return prepare_tiny(tmp_path_factory.mktemp("tiny_data"))
+
+
+@pytest.fixture(scope="module")
+def single(data_root, tmp_path_factory, registry) -> Path:
+    out = tmp_path_factory.mktemp("single") / "run"
+    return run_recipe(RECIPE, SETTINGS + [f"runtime.data_root={data_root}", f"runtime.output_dir={out}"],
+                      registry=registry, tensorboard=False, progress=False, report=False)
+
+
+def torchrun(strategy: str, data_root: Path, out: Path) -> None:
+    sets = [a for s in SETTINGS + [f"runtime.distributed.strategy={strategy}"] for a in ("--set", s)]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+               "-m", "kdkit", "run", str(RECIPE), "--data-root", str(data_root), "--output-dir", str(out), *sets]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+def test_two_processes_match_one(strategy, single, data_root, tmp_path) -> None:
+    torchrun(strategy, data_root, tmp_path / "run")
+    one, two = read_metrics(single), read_metrics(tmp_path / "run")
+    assert [r["step"] for r in two] == [1, 2, 3, 4]
+    for a, b in zip(one, two, strict=True):
+        assert b["losses"].keys() == a["losses"].keys()
+        for term, value in a["losses"].items():
+            assert b["losses"][term] == pytest.approx(value, rel=1e-4, abs=1e-6), (strategy, a["step"], term)
+    first = load_file(str(list_checkpoints(single / "checkpoints")[-1] / "model.safetensors"))
+    second = load_file(str(list_checkpoints(tmp_path / "run" / "checkpoints")[-1] / "model.safetensors"))
+    assert first.keys() == second.keys()
+    for name, tensor in first.items():
+        torch.testing.assert_close(second[name], tensor, rtol=1e-4, atol=2e-5, msg=lambda m, n=name: f"{n}: {m}")
+    assert (tmp_path / "run" / "report.md").is_file()
