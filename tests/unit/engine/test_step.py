@@ -97,3 +97,25 @@ def test_trainable_entry_matching_nothing(distiller) -> None:
 def test_teachers_are_not_submodules(distiller) -> None:
     assert not any(n.startswith("teachers") for n, _ in distiller.named_parameters())
     assert all(not t.training for t in distiller.teachers.values())
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_recipe, tiny_root, registry, batch) -> None:
+    from kdkit.engine.step import checkpoint_context
+
+    recipe = load_recipe(tiny_recipe, [f"runtime.data_root={tiny_root}"], registry=registry)
+    grads = []
+    for checkpointed in (False, True):
+        model = build.build_distiller(recipe, registry, torch.device("cpu"))
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if "lora_B" in name:
+                    param.normal_(0, 0.5, generator=torch.Generator().manual_seed(len(name)))
+        build.set_trainable(model, {"all": [n for n, _ in model.named_parameters()]})
+        if checkpointed:
+            model.plugin.enable_gradient_checkpointing(checkpoint_context(list(model.adapters.values())))
+        losses, _ = model(batch)
+        weighted_total(losses, {n: 1.0 for n in losses}).backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, rtol=1e-4, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
