@@ -153,8 +153,8 @@ def _perturb(module: Any, seed: int) -> None:
     import torch
 
     gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for tensor in list(module.parameters()) + list(module.buffers()):
+    with torch.no_grad():  # only what a state dict carries (not non-persistent buffers)
+        for tensor in module.state_dict(keep_vars=True).values():
             if tensor.is_floating_point() and tensor.numel():
                 tensor.add_(0.05 * torch.randn(tensor.shape, generator=gen).to(tensor))
 
