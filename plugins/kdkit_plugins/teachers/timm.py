@@ -98,14 +98,10 @@ def build(config: TimmConfig, context: BuildContext) -> TimmTeacher:
 
 
 def example(tmp_dir: Path) -> Example:
-    """timm's test-sized ConvNeXt saved as timm weights.
+    """A tiny EVA-02 (the HAWAII teacher family) saved as timm weights."""
+    from kdkit_plugins.teachers.tiny import TINY_EVA02, write_tiny_timm
 
-    (The tiny EVA-02 of :mod:`kdkit_plugins.teachers.tiny` has non-persistent RoPE buffers, which the
-    contract kit's state-dict round trip perturbs but cannot carry.)
-    """
-    from kdkit_plugins.teachers.tiny import TINY_CONVNEXT, write_tiny_timm
-
-    return Example(config=write_tiny_timm(tmp_dir / "timm", *TINY_CONVNEXT), context=BuildContext(name="convnext"))
+    return Example(config=write_tiny_timm(tmp_dir / "timm", *TINY_EVA02), context=BuildContext(name="eva02"))
 
 
 @hookimpl
