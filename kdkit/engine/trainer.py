@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import nullcontext
 from pathlib import Path
@@ -159,7 +160,8 @@ class Trainer:
             self.scaler.unscale_(optimizer)
         grad_norm = self.clip(model, stage.optimizer.grad_clip)
         ok = torch.stack(finite).all() & torch.isfinite(grad_norm)
-        if not bool(self.world.all_reduce(ok.to(torch.int32), "min")):
+        skipped = not bool(self.world.all_reduce(ok.to(torch.int32), "min"))
+        if skipped:
             self.nonfinite(name, stage_step, list(losses), finite, batches, grad_norm, optimizer)
             meter.skipped += 1
         elif self.scaler:
@@ -167,7 +169,10 @@ class Trainer:
             self.scaler.update()
         else:
             optimizer.step()
-        scheduler.step()
+        with warnings.catch_warnings():
+            if skipped:  # the schedule moves on over a skipped step, on purpose
+                warnings.simplefilter("ignore", UserWarning)
+            scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         meter.time(stage.batch.global_size, time.perf_counter() - started, model_time, grad_norm)
 
