@@ -16,8 +16,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Until the miniature HAWAII demo lands: the tiny two-teacher MoLA recipe, end to end on CPU,
+# into a new run directory each time.
+DEMO_RUN := runs/demo-$(shell date +%Y%m%d-%H%M%S)
 demo: $(STAMP)
-	$(PY) -m kdkit.demo
+	$(PY) -m kdkit.engine.tiny runs/demo-data
+	$(VENV)/bin/kdkit run recipes/tiny/timm_two_teachers.yaml --data-root runs/demo-data --output-dir $(DEMO_RUN)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" -n $(PYTEST_WORKERS)

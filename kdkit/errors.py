@@ -26,6 +26,10 @@ class CheckpointError(KdkitError):
     """A checkpoint is missing, corrupt, unsafe to read or does not fit the model."""
 
 
+class NonFiniteError(KdkitError):
+    """A loss term or the features it reads hold NaN or inf (the engine stops or skips the step)."""
+
+
 class DataError(KdkitError):
     """A dataset file, record or image is missing or malformed."""
 

@@ -15,7 +15,7 @@ import torch
 from einops import rearrange, repeat
 from torch import Tensor, nn
 
-from kdkit.errors import KdkitError
+from kdkit.errors import KdkitError, NonFiniteError
 from kdkit.interfaces import StepContext
 
 
@@ -167,10 +167,7 @@ class Distiller(nn.Module):
         for name in self.active:
             try:
                 losses[name] = self.losses[name](step)
-            except KdkitError as exc:
-                # a term that found its own value non-finite: let the engine's guard decide (stop or skip)
-                if "non-finite" not in str(exc):
-                    raise
+            except NonFiniteError as exc:  # the term found its own value non-finite: the guard decides
                 step.extras.setdefault("nonfinite", {})[name] = str(exc)
                 losses[name] = torch.full((), float("nan"), device=images.device)
         return losses, step

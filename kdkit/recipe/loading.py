@@ -84,11 +84,34 @@ def split_path(dotted: str) -> list[str]:
     return [part for part in _INDEX.sub(r".\1", dotted).split(".") if part]
 
 
+def envelope_section(parts: list[str]) -> Any:
+    """The settings model that ``parts`` names in the recipe envelope (e.g. ``runtime.distributed``
+    or ``stages.<name>.schedule``), or None (plugin blocks and plain values are not sections)."""
+    from pydantic import BaseModel
+
+    from kdkit.recipe.schema import Block, Recipe
+
+    model: Any = Recipe
+    for part in parts:
+        if isinstance(model, type) and issubclass(model, BaseModel) and not issubclass(model, Block):
+            field = model.model_fields.get(part)
+            if field is None:
+                return None
+            model = field.annotation
+        elif getattr(model, "__origin__", None) is dict:
+            model = model.__args__[1]
+        else:
+            return None
+    is_section = isinstance(model, type) and issubclass(model, BaseModel) and not issubclass(model, Block)
+    return model if is_section else None
+
+
 def apply_override(data: dict[str, Any], assignment: str) -> None:
     """Apply one ``dotted.path=value`` override in place (value parsed as YAML).
 
-    Every step of the path but the last must exist, so a typo fails here with the known keys;
-    a new last key is allowed (validation then checks it against the schema).
+    Every step of the path but the last must exist (or be an envelope section the recipe left to
+    its defaults, such as ``runtime.distributed``), so a typo fails here with the known keys; a
+    new last key is allowed (validation then checks it against the schema).
     """
     if "=" not in assignment:
         raise RecipeError(Problem("--set", f"{assignment!r} is not of the form path.to.key=value"))
@@ -104,8 +127,12 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
     for depth, part in enumerate(parts[:-1]):
         here = ".".join(parts[: depth + 1])
         if isinstance(node, dict):
+            if part not in node and envelope_section(parts[: depth + 1]) is not None:
+                node[part] = {}  # a section the recipe left to its defaults, e.g. runtime.distributed
             if part not in node or not isinstance(node[part], (dict, list)):
-                known = [k for k in node if isinstance(node[k], (dict, list))] if part not in node else []
+                section = envelope_section(parts[:depth])
+                known = [k for k in node if isinstance(node[k], (dict, list))]
+                known += [k for k in (section.model_fields if section is not None else ()) if k not in known]
                 reason = (
                     unknown_name_message("key", part, known) if part not in node else f"{here} is a value, not a section"
                 )

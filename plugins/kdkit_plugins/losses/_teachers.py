@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from kdkit.errors import KdkitError
+from kdkit.errors import KdkitError, NonFiniteError
 
 
 def select_teachers(term: str, requested: Sequence[str] | None, known: Sequence[str]) -> tuple[str, ...]:
@@ -46,7 +46,7 @@ def same_shape(student: Tensor, target: Tensor, teacher: str, term: str, hint: s
 
 
 def check_finite(loss: Tensor, term: str, inputs: Mapping[str, Tensor]) -> Tensor:
-    """``loss`` if finite; otherwise a :class:`KdkitError` naming the first non-finite input.
+    """``loss`` if finite; otherwise a :class:`NonFiniteError` naming the first non-finite input.
 
     One host sync per call (the check on the scalar); inputs are only inspected on failure.
     """
@@ -54,5 +54,5 @@ def check_finite(loss: Tensor, term: str, inputs: Mapping[str, Tensor]) -> Tenso
         return loss
     for label, tensor in inputs.items():
         if not bool(torch.isfinite(tensor).all()):
-            raise KdkitError(f"loss {term!r}: {label} has non-finite values (NaN or inf); check that teacher/feature")
-    raise KdkitError(f"loss {term!r} is {loss.item()} although its inputs are finite (overflow: try fp32 for this term)")
+            raise NonFiniteError(f"loss {term!r}: {label} has non-finite values (NaN or inf); check that teacher/feature")
+    raise NonFiniteError(f"loss {term!r} is {loss.item()} although its inputs are finite (overflow: try fp32 for this term)")

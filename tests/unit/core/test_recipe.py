@@ -139,3 +139,16 @@ def test_resolved_recipe_round_trips(good_recipe, fake_registry, tmp_path) -> No
     assert data["runtime"]["precision"] == "fp32"
     again = load_recipe(out, registry=fake_registry)
     assert recipe_dict(again) == recipe_dict(recipe)
+
+
+def test_override_creates_envelope_sections_left_to_defaults(good_recipe, fake_registry) -> None:
+    recipe = load_recipe(
+        good_recipe,
+        ["runtime.distributed.strategy=ddp", "stages.pretrain.schedule.warmup_ratio=0.1"],
+        registry=fake_registry,
+    )
+    assert recipe.runtime.distributed.strategy == "ddp"
+    assert recipe.stages["pretrain"].schedule.warmup_ratio == 0.1
+    with pytest.raises(RecipeError) as info:
+        load_recipe(good_recipe, ["runtime.distribute.strategy=ddp"], registry=fake_registry)
+    assert problems(info) == ["--set runtime.distribute.strategy: path does not exist: unknown key 'distribute' (known: checkpoint_every, data_root, device, distributed, gradient_checkpointing, keep_last, log_every, num_workers, on_nonfinite, output_dir, precision, seed); did you mean 'distributed'?"]
