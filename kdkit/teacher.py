@@ -8,6 +8,7 @@ build time (:attr:`FrozenTeacher.out_spec`).
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, ClassVar, Literal
 
@@ -106,7 +107,7 @@ class Preprocess(nn.Module):
         return f"size={self.size}, interpolation={self.interpolation!r}"
 
 
-class FrozenTeacher(nn.Module):
+class FrozenTeacher(nn.Module, abc.ABC):
     """A frozen feature extractor: ``(B, 3, H, W)`` raw view in [0, 1] -> :class:`TeacherOutput`.
 
     Subclasses implement :meth:`encode` (normalised pixels at the teacher's size -> grid and
@@ -148,9 +149,12 @@ class FrozenTeacher(nn.Module):
             self._out_spec = self.infer_spec()
         return self._out_spec
 
+    @abc.abstractmethod
     def encode(self, pixels: Tensor) -> TeacherOutput:
-        """``(B, 3, h, w)`` normalised pixels in the teacher's dtype -> grid ``(B, H, W, C)`` + prefix."""
-        raise NotImplementedError
+        """``(B, 3, h, w)`` normalised pixels in the teacher's dtype -> grid ``(B, H, W, C)`` + prefix.
+
+        The one method a teacher subclass writes.
+        """
 
     def train(self, mode: bool = True) -> FrozenTeacher:
         """Stay in eval mode whatever ``mode`` says (dropout/drop-path would make targets random)."""
