@@ -90,10 +90,12 @@ class Example:
 
 
 class TeacherOutput(NamedTuple):
-    """A teacher's features: ``grid`` ``(B, H, W, C)`` and ``prefix`` ``(B, P, C)`` or None."""
+    """A teacher's outputs: ``grid`` ``(B, H, W, C)``, ``prefix`` ``(B, P, C)`` or None, and
+    ``logits`` ``(B, K)`` or None (a classifier teacher's predictions, for logit distillation)."""
 
     grid: Tensor
     prefix: Tensor | None = None
+    logits: Tensor | None = None
 
 
 @runtime_checkable

@@ -151,7 +151,7 @@ class FrozenTeacher(nn.Module, abc.ABC):
 
     @abc.abstractmethod
     def encode(self, pixels: Tensor) -> TeacherOutput:
-        """``(B, 3, h, w)`` normalised pixels in the teacher's dtype -> grid ``(B, H, W, C)`` + prefix.
+        """``(B, 3, h, w)`` normalised pixels in the teacher's dtype -> grid ``(B, H, W, C)``, prefix, logits.
 
         The one method a teacher subclass writes.
         """
@@ -161,13 +161,13 @@ class FrozenTeacher(nn.Module, abc.ABC):
         return super().train(False)
 
     def forward(self, images: Tensor) -> TeacherOutput:
-        """``(B, 3, H, W)`` in [0, 1] -> grid ``(B, H_t, W_t, C_t)`` float32 and prefix ``(B, P, C_t)`` or None."""
+        """``(B, 3, H, W)`` in [0, 1] -> float32 grid ``(B, H_t, W_t, C_t)``, prefix ``(B, P, C_t)`` and logits ``(B, K)`` (or None)."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise KdkitError(f"teacher {self.name!r} takes (B, 3, H, W) images in [0, 1], got {tuple(images.shape)}")
         with torch.no_grad(), torch.autocast(images.device.type, enabled=False):
             pixels = self.preprocess(images).to(self.dtype)
-            grid, prefix = self.encode(pixels)
-        return TeacherOutput(grid.float(), None if prefix is None else prefix.float())
+            out = self.encode(pixels)
+        return TeacherOutput(*(None if t is None else t.float() for t in out))
 
     def infer_spec(self) -> GridSpec:
         """The grid shape of :meth:`encode` at this teacher's size, traced with fake tensors."""
@@ -177,7 +177,7 @@ class FrozenTeacher(nn.Module, abc.ABC):
         try:
             with torch.no_grad(), FakeTensorMode(allow_non_fake_inputs=True):
                 pixels = torch.empty(1, 3, height, width, dtype=self.dtype)
-                grid, prefix = self.encode(pixels)
+                grid, prefix = self.encode(pixels)[:2]
         except (RuntimeError, ValueError, AssertionError, IndexError) as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise KdkitError(f"teacher {self.name!r}: the model cannot take {height}x{width} inputs ({reason}); "

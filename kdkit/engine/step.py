@@ -132,6 +132,8 @@ class Distiller(nn.Module):
             step.teacher_grids[name] = out.grid
             if out.prefix is not None:
                 step.teacher_prefix[name] = out.prefix
+            if getattr(out, "logits", None) is not None:
+                step.teacher_logits[name] = out.logits
             tokens, aligned = self.chains[name](out.grid)
             step.teacher_tokens[name] = tokens
             step.teacher_aligned[name] = aligned

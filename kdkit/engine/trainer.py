@@ -65,6 +65,7 @@ class Trainer:
         self.weights = {name: block.weight for name, block in recipe.losses.items()}
         self.global_step = 0
         self.trained: set[str] = set()
+        self.datasets: dict[str, Any] = {}
         self.meter = state.Meter(world)
         self.scaler = torch.amp.GradScaler(world.device.type) if self.runtime.precision == "fp16" else None
         if recipe.runtime.gradient_checkpointing:
@@ -83,6 +84,8 @@ class Trainer:
             self.global_step = resume.state["global_step"]
             self.trained = set(resume.state["trained"])
             self.meter.skipped = resume.state.get("skipped", 0)
+        # every stage's data is opened before the first step: a bad path or file fails now, not hours in
+        self.datasets = {name: self.build_data(name, stage) for name, stage in self.recipe.stages.items()}
         for index, (name, stage) in enumerate(self.recipe.stages.items()):
             if resume is not None and index < resume.state["stage_index"]:
                 continue
@@ -92,12 +95,17 @@ class Trainer:
             self.run_stage(index, name, stage, here)
         self.monitor.close()
 
+    def build_data(self, name: str, stage: Stage) -> Any:
+        """The stage's dataset; its plugin sees the student (tokenizer, image tokens) and the run directory."""
+        context = dataclasses.replace(build.base_context(self.recipe, self.world.device), name=name,
+                                      extras={"student": self.distiller.plugin, "run_dir": self.run_dir})
+        return self.registry.build("data", stage.data.config, context)
+
     def run_stage(self, index: int, name: str, stage: Stage, resume: Checkpoint | None) -> None:
         """Set up one stage (data, trainable set, wrapping, optimizer) and run its steps."""
         if resume is not None and resume.state["stage_done"]:
             return
-        context = dataclasses.replace(build.base_context(self.recipe, self.world.device), name=name)
-        dataset = self.registry.build("data", stage.data.config, context)
+        dataset = self.datasets[name] if name in self.datasets else self.build_data(name, stage)
         plan = plan_stage(name, stage, len(dataset), self.world)
         chosen = build.resolve_trainable(name, stage.trainable, self.distiller, build.parameter_groups(self.distiller))
         build.set_trainable(self.distiller, chosen)  # before wrapping: DDP hooks what requires grad
