@@ -1,0 +1,1 @@
+"""Placeholder: the plugin module is being written (registers nothing yet)."""
