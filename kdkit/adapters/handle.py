@@ -13,6 +13,7 @@ from torch import nn
 
 from kdkit.adapters.routing import Routing, RouterLog, RoutingSpec, RoutingState
 from kdkit.adapters.storage import load_adapter, save_adapter
+from kdkit.adapters.targets import replace_module, unwrap
 from kdkit.errors import KdkitError
 
 if TYPE_CHECKING:
@@ -163,6 +164,21 @@ class AdapterHandle:
                 f"cannot {action} a {self.config.kind!r} adapter: its experts are chosen per token from "
                 "the input, so no single weight matrix equals it; keep it (and its routers) at inference"
             )
+
+    def eject(self) -> None:
+        """Remove the adapter: every injected module is replaced by the original it wrapped.
+
+        The originals keep their current base weights (a merged plain LoRA stays merged; MoLA's
+        experts and routers are dropped). The handle holds no module afterwards.
+
+        Raises:
+            KdkitError: the adapter was already ejected.
+        """
+        if not self.modules:
+            raise KdkitError(f"this {self.config.kind!r} adapter holds no injected module (already ejected?)")
+        for name, module in self.modules.items():
+            replace_module(self.model, name, unwrap(module))
+        self.modules = {}
 
     # persistence ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:

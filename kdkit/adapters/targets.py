@@ -110,3 +110,18 @@ def freeze(model: nn.Module) -> None:
     """Set ``requires_grad=False`` on every parameter of ``model`` (the base, before injection)."""
     for param in model.parameters():
         param.requires_grad_(False)
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """The original module inside an injected wrapper, with wrappers nested in it unwrapped too.
+
+    A wrapper keeps the module it replaced as ``base_layer`` (peft's convention); the original is
+    returned with its current weights (merged LoRA weights stay merged). A module that is no
+    wrapper comes back itself, its wrapped children restored in place.
+    """
+    for name, child in list(module.named_children()):
+        restored = unwrap(child)
+        if restored is not child:
+            setattr(module, name, restored)
+    base = getattr(module, "base_layer", None)
+    return base if isinstance(base, nn.Module) else module

@@ -40,15 +40,26 @@ def build_teacher(registry: Registry, name: str, block: Any, context: BuildConte
     return teacher.to(device).eval()
 
 
-def build_distiller(recipe: Recipe, registry: Registry, device: torch.device) -> Distiller:
-    """Build every component of ``recipe`` (seeded with ``runtime.seed``) on ``device``."""
-    torch.manual_seed(recipe.runtime.seed)
+def build_student(recipe: Recipe, registry: Registry, device: torch.device) -> tuple[Any, dict[str, Any]]:
+    """The student plugin object and its adapters (by name), injected; no teacher is built.
+
+    Adapters see the recipe's teacher names (MoLA sizes its teacher experts from them). The
+    caller seeds and places the modules.
+    """
     context = base_context(recipe, device)
     student = registry.build("student", recipe.student.config, dataclasses.replace(context, name="student"))
     adapters = {
         name: registry.build("adapter", block.config, dataclasses.replace(context, name=name, model=student.adapter_target))
         for name, block in recipe.adapters.items()
     }
+    return student, adapters
+
+
+def build_distiller(recipe: Recipe, registry: Registry, device: torch.device) -> Distiller:
+    """Build every component of ``recipe`` (seeded with ``runtime.seed``) on ``device``."""
+    torch.manual_seed(recipe.runtime.seed)
+    context = base_context(recipe, device)
+    student, adapters = build_student(recipe, registry, device)
     teachers = {name: build_teacher(registry, name, block, context, device) for name, block in recipe.teachers.items()}
     with_student = dataclasses.replace(context, student_spec=student.feature_spec, text_dim=student.text_dim)
     chains = {
