@@ -34,6 +34,9 @@ class FeatureConfig(PluginConfig):
     teachers: list[str] | None = Field(None, description="Teachers to distil (null: every teacher).")
     beta: float = Field(1.0, gt=0, description="Smooth-L1 threshold between the quadratic and linear parts.")
     detach_target: bool = Field(False, description="Stop gradients into the target (and the projections that made it).")
+    token_weights: Literal["uniform", "scorer"] = Field(
+        "uniform", description="`uniform`: every token counts 1/m; `scorer`: token k of teacher i counts "
+        "step.scores[i][k] (the recipe's scorer, e.g. cls_attention for the MoVE-KD baseline).")
 
 
 class FeatureLoss:
@@ -51,13 +54,20 @@ class FeatureLoss:
         self.config = config
 
     def distance(self, student: Tensor, target: Tensor) -> Tensor:
-        """``(B, m, C)`` pair -> scalar distance."""
+        """``(B, m, C)`` pair -> per-token distance ``(B, m)``."""
         student, target = widen(student), widen(target)
         if self.config.metric == "cosine":
-            return (1 - F.cosine_similarity(student, target, dim=-1)).mean()
+            return 1 - F.cosine_similarity(student, target, dim=-1)
         if self.config.metric == "smooth_l1":
-            return F.smooth_l1_loss(student, target, beta=self.config.beta)
-        return F.mse_loss(student, target)
+            return F.smooth_l1_loss(student, target, beta=self.config.beta, reduction="none").mean(-1)
+        return F.mse_loss(student, target, reduction="none").mean(-1)
+
+    def reduce(self, distance: Tensor, step: StepContext, teacher: str) -> Tensor:
+        """Per-token ``(B, m)`` distance -> scalar: plain mean, or the score-weighted sum averaged over the batch."""
+        if self.config.token_weights == "uniform":
+            return distance.mean()
+        scores = need(step.scores, teacher, "scores", self.term)
+        return (scores.to(distance.dtype) * distance).sum(-1).mean()
 
     def __call__(self, step: StepContext) -> Tensor:
         """Scalar loss (unweighted)."""
@@ -73,7 +83,7 @@ class FeatureLoss:
             target = need(getattr(step, field), teacher, field, self.term)
             target = target.detach() if self.config.detach_target else target
             same_shape(student, target, teacher, self.term, "end the teacher's chain with an mlp (target: aligned)")
-            terms.append(self.distance(student, target))
+            terms.append(self.reduce(self.distance(student, target), step, teacher))
             inputs |= {f"student for {teacher!r}": student, f"step.{field}[{teacher!r}]": target}
         return check_finite(torch.stack(terms).mean(), self.term, inputs)
 

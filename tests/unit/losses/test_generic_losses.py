@@ -38,6 +38,23 @@ def test_feature_metrics(metric: str, student: str) -> None:
     assert abs(term(step).item() - expected.item()) < 1e-6
 
 
+def test_feature_scorer_weights_pick_tokens() -> None:
+    """token_weights: scorer weighs each token's distance by step.scores (MoVE-KD style)."""
+    context = tiny_context()
+    step = step64(context)
+    batch, tokens = step.student_routed.shape[:2]
+    weights = torch.rand(batch, tokens, dtype=torch.float64).softmax(-1)
+    step.scores = {"t0": weights, "t1": torch.zeros(batch, tokens, dtype=torch.float64)}
+    step.scores["t1"][:, 2] = 1.0  # all weight on token 2
+    term = feature.build(feature.FeatureConfig(token_weights="scorer"), context)
+    per_token = {t: ((step.student_routed - step.teacher_aligned[t]) ** 2).mean(-1) for t in ("t0", "t1")}
+    expected = ((weights * per_token["t0"]).sum(-1).mean() + per_token["t1"][:, 2].mean()) / 2
+    assert abs(term(step).item() - expected.item()) < 1e-9
+    step.scores = {"t0": weights}
+    with pytest.raises(KdkitError, match=r"needs step.scores\['t1'\]"):
+        term(step)
+
+
 def test_feature_detach_target_stops_gradients() -> None:
     context = tiny_context()
     step = tiny_step(context)
