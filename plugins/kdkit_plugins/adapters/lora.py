@@ -92,7 +92,10 @@ def build(config: LoraConfig, context: BuildContext) -> AdapterHandle:
     model = context.model
     if model is None:
         raise KdkitError("the lora adapter needs context.model: the module to inject into")
-    names = match_linears(model, config.targets, what="lora target")
+    try:  # the recipe field to fix leads the message
+        names = match_linears(model, config.targets, what="lora target")
+    except KdkitError as exc:
+        raise KdkitError(f"adapters.{context.name or 'lora'}.targets: {exc}") from None
     for name in names:
         linear = model.get_submodule(name)
         check_rank(config.rank, linear.in_features, linear.out_features, name)

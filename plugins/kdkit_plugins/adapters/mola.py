@@ -86,11 +86,19 @@ def build(config: MolaConfig, context: BuildContext) -> AdapterHandle:
     teachers = _check_teachers(config, tuple(context.teacher_names))
     experts = len(teachers) + config.general_experts
     scaling = (config.alpha if config.alpha is not None else config.rank) / config.rank
+    field = f"adapters.{context.name or 'mola'}"
+    try:  # the recipe field to fix leads the message
+        names = match_modules(model, config.blocks, what="mola block")
+    except KdkitError as exc:
+        raise KdkitError(f"{field}.blocks: {exc}") from None
     plan = []
-    for name in match_modules(model, config.blocks, what="mola block"):
+    for name in names:
         block = model.get_submodule(name)
-        first = child_linear(block, name, config.fc1, role="fc1")
-        second = child_linear(block, name, config.fc2, role="fc2")
+        try:
+            first = child_linear(block, name, config.fc1, role="fc1")
+            second = child_linear(block, name, config.fc2, role="fc2")
+        except KdkitError as exc:
+            raise KdkitError(f"{field}.fc1/fc2: {exc}") from None
         adapted = {"fc1": [first], "fc2": [second], "both": [first, second], "parallel": []}[config.placement]
         for child in adapted:
             linear = block.get_submodule(child)

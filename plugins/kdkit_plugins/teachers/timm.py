@@ -38,26 +38,35 @@ class TimmConfig(TeacherConfig):
     layer: int = Field(-1, description="Layer whose output is taken, as timm's forward_intermediates counts "
                        "them (blocks of a ViT, stages of a ConvNeXt); negative counts from the last.")
     norm: bool = Field(False, description="Apply the model's final norm to the taken layer.")
+    logits: bool = Field(False, description="Also return the classifier's logits (B, K) for logit distillation "
+                         "(the `kl` loss); the model needs a head (model_args.num_classes > 0).")
 
 
 class TimmTeacher(FrozenTeacher):
     """``(B, 3, H, W)`` -> a timm layer as a ``(B, H', W', C)`` grid (+ prefix tokens when the model has any)."""
 
     def __init__(self, model: nn.Module, layer: int, norm: bool, preprocess: Preprocess, name: str,
-                 dtype: Any) -> None:
+                 dtype: Any, logits: bool = False) -> None:
         super().__init__(model, preprocess, name=name, dtype=dtype)
         self.layer = layer
         self.norm = norm
+        self.logits = logits
         self.with_prefix = accepts(model.forward_intermediates, "return_prefix_tokens") and bool(
             getattr(model, "num_prefix_tokens", 0))
 
     def encode(self, pixels: Tensor) -> TeacherOutput:
-        """``(B, 3, h, w)`` -> grid ``(B, H, W, C)`` and prefix ``(B, P, C)`` or None."""
+        """``(B, 3, h, w)`` -> grid ``(B, H, W, C)``, prefix ``(B, P, C)`` or None, logits ``(B, K)`` or None."""
         extra = {"return_prefix_tokens": True} if self.with_prefix else {}
-        (taken,) = self.model.forward_intermediates(pixels, indices=[self.layer], norm=self.norm, stop_early=True,
-                                                    output_fmt="NCHW", intermediates_only=True, **extra)
+        if self.logits:  # the whole network runs: the head needs the final features
+            final, (taken,) = self.model.forward_intermediates(pixels, indices=[self.layer], norm=self.norm,
+                                                               output_fmt="NCHW", **extra)
+            logits = self.model.forward_head(final)
+        else:
+            (taken,) = self.model.forward_intermediates(pixels, indices=[self.layer], norm=self.norm, stop_early=True,
+                                                        output_fmt="NCHW", intermediates_only=True, **extra)
+            logits = None
         grid, prefix = taken if self.with_prefix else (taken, None)
-        return TeacherOutput(rearrange(grid, "b c h w -> b h w c"), prefix)
+        return TeacherOutput(rearrange(grid, "b c h w -> b h w c"), prefix, logits)
 
 
 def _load(model: nn.Module, path: Path, config: TimmConfig, teacher: str) -> None:
@@ -92,7 +101,10 @@ def build(config: TimmConfig, context: BuildContext) -> TimmTeacher:
     preprocess = Preprocess(size, config.mean or data["mean"], config.std or data["std"], config.interpolation)
     dtype = DTYPES[config.dtype]
     layer = take_layer(model.forward_intermediates, size, dtype, config.layer, context.name)
-    teacher = TimmTeacher(model, layer, config.norm, preprocess, context.name, dtype)
+    if config.logits and not getattr(model, "num_classes", 0):
+        raise KdkitError(f"teachers.{context.name}.logits: timm model {architecture!r} was built without a classifier "
+                         f"(num_classes 0); set teachers.{context.name}.model_args.num_classes to its head's size, or logits: false")
+    teacher = TimmTeacher(model, layer, config.norm, preprocess, context.name, dtype, config.logits)
     teacher.out_spec  # noqa: B018 -- traces once: a size the model cannot take fails at build time
     return teacher
 
