@@ -58,13 +58,23 @@ def plan_stage(name: str, stage: Stage, dataset_size: int, world: World) -> Plan
 
 def batch_stream(dataset: Dataset, stage: Stage, plan: Plan, world: World, seed: int, start: int,
                  num_workers: int) -> Iterator[Any]:
-    """Micro-batches of this process from global micro-batch index ``start`` on, epoch after epoch."""
+    """Micro-batches of this process from global micro-batch index ``start`` on, epoch after epoch.
+
+    A dataset with a ``group_order(indices, group, seed) -> indices`` method (e.g. length-grouped
+    batching) reorders this process's indices of each epoch before they are cut into batches of
+    ``group`` = ``per_device``; its seed depends only on ``seed`` and the epoch, so a resumed run
+    still reads the same batches.
+    """
     sampler = DistributedSampler(dataset, num_replicas=world.size, rank=world.rank, shuffle=True, seed=seed, drop_last=True)
     epoch, offset = divmod(start, plan.batches_per_epoch)
     per_device = stage.batch.per_device
+    group_order = getattr(dataset, "group_order", None)
     while True:
         sampler.set_epoch(epoch)
-        indices = list(sampler)[offset * per_device: plan.batches_per_epoch * per_device]
+        order = list(sampler)
+        if callable(group_order):
+            order = list(group_order(order, per_device, seed * 1_000_003 + epoch))
+        indices = order[offset * per_device: plan.batches_per_epoch * per_device]
         loader = DataLoader(dataset, batch_size=per_device, sampler=indices, drop_last=True, num_workers=num_workers,
                             collate_fn=getattr(dataset, "collate", None),
                             generator=torch.Generator())  # its own generator: never draws from the global RNG
