@@ -107,6 +107,30 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write a run's student for inference (no teachers, no KD heads) and count its parameters."""
+    from kdkit.export import export_run
+
+    count = export_run(args.run_dir, args.out_dir, checkpoint=args.checkpoint, data_root=args.data_root)
+    print(f"exported to {args.out_dir}")
+    print("parameters at inference:")
+    for line in count.lines():
+        print(f"  {line}")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    """Answer a question about an image with an exported student."""
+    from kdkit.export import load_student
+
+    student = load_student(args.export_dir, device=args.device)
+    if not callable(getattr(student, "generate", None)) or not callable(getattr(student, "load_image", None)):
+        raise KdkitError(f"the student exported in {args.export_dir} does not generate text (no generate/load_image)")
+    images = student.load_image(args.image).to(args.device)
+    print(student.generate(images, [args.prompt], max_new_tokens=args.max_new_tokens)[0])
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``kdkit`` command."""
     parser = argparse.ArgumentParser(prog="kdkit", description="Composable multi-teacher knowledge distillation.")
@@ -136,6 +160,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", help="run directory (overrides runtime.output_dir)")
     p.add_argument("--data-root", help="directory relative paths resolve against (overrides runtime.data_root)")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("export", help="write a run's student for inference", description=cmd_export.__doc__)
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    p.add_argument("out_dir", type=Path, metavar="OUT_DIR")
+    p.add_argument("--checkpoint", type=Path, help="checkpoint directory to export (default: the run's latest)")
+    p.add_argument("--data-root", help="directory the recipe's relative paths resolve against (default: the recipe's)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("generate", help="answer a question about an image", description=cmd_generate.__doc__)
+    p.add_argument("export_dir", type=Path, metavar="OUT_DIR")
+    p.add_argument("--image", type=Path, required=True, help="image file")
+    p.add_argument("--prompt", required=True, help="the question")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="longest answer in tokens (default 64)")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.set_defaults(func=cmd_generate)
     return parser
 
 
