@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from einops import rearrange
 from torch import Tensor
 
 from kdkit.errors import DataError
@@ -16,49 +15,39 @@ from kdkit.errors import DataError
 if TYPE_CHECKING:
     from kdkit_plugins.students.llava import LlavaStudent
 
-IMAGE = "<image>"
-
 
 def prompt_ids(student: LlavaStudent, question: str) -> list[int]:
     """One question -> token ids of the template's prompt up to where the answer starts (image expanded).
 
-    The question gets LLaVA's ``"<image>\\n"`` in front when it has no placeholder.
+    The question gets LLaVA's ``"<image>\\n"`` in front when it has no placeholder; pieces are
+    tokenized exactly as the ``llava_json`` data plugin tokenizes training samples.
     """
-    from kdkit_plugins.data.conversation import get_template
+    from kdkit_plugins.data._encoding import Vocabulary
+    from kdkit_plugins.data.conversation import IMAGE, get_template
 
     if IMAGE not in question:
         question = f"{IMAGE}\n{question}"
     pieces = get_template(student.template).format([("human", question), ("gpt", "")], True)
     answer = next((i for i, piece in enumerate(pieces) if piece.train), len(pieces))
     tokenizer = student.tokenizer
-    ids: list[int] = []
-    for piece in pieces[:answer]:
-        if piece.kind == "bos":
-            ids.append(tokenizer.bos_token_id)
-        elif piece.kind == "eos":
-            ids.append(tokenizer.eos_token_id)
-        elif piece.kind == "image":
-            ids += [student.image_token_id] * student.image_tokens
-        else:
-            ids += tokenizer(piece.text, add_special_tokens=False).input_ids
-    return ids
+    vocab = Vocabulary(tokenizer, tokenizer.bos_token_id, tokenizer.eos_token_id, pad_id(tokenizer),
+                       student.image_token_id, student.image_tokens)
+    return [i for piece in pieces[:answer] for i in vocab.ids(piece)]
 
 
-def load_image(path: str | Path, size: int, pad_color: tuple[float, ...]) -> Tensor:
-    """An image file -> ``(1, 3, size, size)`` in [0, 1], padded to square with ``pad_color`` (LLaVA-1.5's "pad")."""
-    from PIL import Image, UnidentifiedImageError
+def pad_id(tokenizer: Any) -> int:
+    """The tokenizer's pad id (its eos id when it has none)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
-    try:
-        with Image.open(path) as opened:
-            image = opened.convert("RGB")
-    except (OSError, UnidentifiedImageError) as exc:
-        raise DataError(f"cannot read image {str(path)!r}: {exc}") from None
-    side = max(image.size)
-    square = Image.new("RGB", (side, side), tuple(round(255 * c) for c in pad_color))
-    square.paste(image, ((side - image.width) // 2, (side - image.height) // 2))
-    square = square.resize((size, size), Image.Resampling.BICUBIC)
-    pixels = torch.frombuffer(bytearray(square.tobytes()), dtype=torch.uint8).view(size, size, 3)
-    return rearrange(pixels, "h w c -> 1 c h w").float() / 255
+
+def load_image(path: str | Path, size: int, pad_color: tuple[float, float, float]) -> Tensor:
+    """An image file -> ``(1, 3, size, size)`` in [0, 1], padded to square with ``pad_color`` like training data."""
+    from kdkit_plugins.data._images import color_bytes
+    from kdkit_plugins.data._images import load_image as load
+
+    if not Path(path).is_file():
+        raise DataError(f"image {str(path)!r} does not exist")
+    return load(Path(path), size, color_bytes(pad_color)).unsqueeze(0)
 
 
 def left_pad(rows: list[list[int]], pad: int, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -78,7 +67,7 @@ def greedy(student: LlavaStudent, images: Tensor, prompts: list[str], max_new_to
     if images.shape[0] != len(prompts):
         raise ValueError(f"generate: {images.shape[0]} images but {len(prompts)} prompts")
     tokenizer = student.tokenizer
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_id(tokenizer)
     ids, mask = left_pad([prompt_ids(student, p) for p in prompts], pad, images.device)
     has_image = torch.ones(len(prompts), dtype=torch.bool, device=images.device)
     _, embeds = student.embed(student.select(images), ids, has_image)

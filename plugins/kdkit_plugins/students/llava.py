@@ -181,7 +181,7 @@ class LlavaStudent:
         """An image file -> ``(1, 3, S, S)`` in [0, 1]: padded to square with the CLIP mean, as the data plugin does."""
         from kdkit_plugins.students._llava_generate import load_image
 
-        return load_image(path, self.image_size, self.mean)
+        return load_image(path, self.image_size, self.mean)  # type: ignore[arg-type]
 
 
 def _layers(module: nn.Module, count: int) -> list[nn.Module]:
