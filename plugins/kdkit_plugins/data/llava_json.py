@@ -11,18 +11,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, field_validator
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import Dataset
 
 from kdkit import BuildContext, Example, Factory, PluginConfig, hookimpl
-from kdkit.errors import DataError, KdkitError
+from kdkit.errors import DataError, KdkitError, unknown_name_message
 from kdkit_plugins.data._bad_records import BadRecordLog
 from kdkit_plugins.data._encoding import IGNORE, Vocabulary, encode, image_block_end
 from kdkit_plugins.data._grouping import length_grouped_order
 from kdkit_plugins.data._images import CLIP_MEAN, UnreadableImageError, blank_image, color_bytes, load_image
 from kdkit_plugins.data._records import BadRecord, Record, check_record, read_json_list
-from kdkit_plugins.data.conversation import IMAGE, Template, get_template
+from kdkit_plugins.data.conversation import IMAGE, TEMPLATES, Template, get_template
 
 
 class LlavaJsonConfig(PluginConfig):
@@ -52,6 +52,13 @@ class LlavaJsonConfig(PluginConfig):
                                                       "separate batches.")
     group_mega_batches: int = Field(16, gt=0, description="With group_by_length: batches per length-sorted mega-batch.")
     limit: int | None = Field(None, gt=0, description="Use only the first N records of the file (smoke runs).")
+
+    @field_validator("template")
+    @classmethod
+    def _known_template(cls, name: str) -> str:
+        if name not in TEMPLATES:
+            raise ValueError(unknown_name_message("conversation template", name, TEMPLATES))
+        return name
 
 
 class LlavaJsonDataset(Dataset):
