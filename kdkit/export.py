@@ -13,7 +13,6 @@ Adapters whose experts are chosen per input (MoLA) stay separate modules with th
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -84,27 +83,10 @@ def count_parameters(model: torch.nn.Module, adapters: dict[str, Any]) -> Parame
 
 
 def _student_state(path: Path) -> dict[str, torch.Tensor]:
-    """The student's tensors of the checkpoint directory ``path`` (names relative to the student model).
+    """The student's tensors of the checkpoint directory ``path`` (names relative to the student model)."""
+    from kdkit.engine.checkpoint import read_weights
 
-    Only the model weights are read (not the optimizer state).
-    """
-    from safetensors.torch import load_file
-
-    from kdkit.engine.checkpoint import FORMAT as CHECKPOINT_FORMAT
-
-    if not path.is_dir():
-        raise CheckpointError(f"checkpoint {path} does not exist; give --checkpoint a directory under RUN_DIR/checkpoints")
-    state_file, weights = path / "state.json", path / "model.safetensors"
-    for file in (state_file, weights):
-        if not file.is_file():
-            raise CheckpointError(f"checkpoint {path} is incomplete: {file.name} is missing; export an earlier checkpoint")
-    try:
-        state = json.loads(state_file.read_text(encoding="utf-8"))
-        tensors = load_file(str(weights))
-    except Exception as exc:  # json and safetensors raise their own types on truncation
-        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({exc}); export an earlier checkpoint") from None
-    if state.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"checkpoint {path} has format {state.get('format')!r}; this kdkit reads {CHECKPOINT_FORMAT}")
+    tensors = read_weights(path)
     return {k.removeprefix(STUDENT_PREFIX): v for k, v in tensors.items() if k.startswith(STUDENT_PREFIX)}
 
 
@@ -119,8 +101,8 @@ def load_trained(model: torch.nn.Module, state: dict[str, torch.Tensor], source:
     from kdkit.engine.checkpoint import check_model_state
 
     live = model.state_dict()
-    check_model_state(source, {STUDENT_PREFIX + k: v for k, v in state.items()},
-                      {STUDENT_PREFIX + k: v for k, v in live.items()})
+    check_model_state(source, {STUDENT_PREFIX + k: tuple(v.shape) for k, v in state.items()},
+                      {STUDENT_PREFIX + k: tuple(v.shape) for k, v in live.items()})
     model.load_state_dict(state, strict=False)
     return len(state)
 
