@@ -6,12 +6,13 @@ token ids with answer-only labels, and the instruction mask the ``hawaii`` score
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import Dataset
 
@@ -25,40 +26,43 @@ from kdkit_plugins.data._records import BadRecord, Record, check_record, read_js
 from kdkit_plugins.data.conversation import IMAGE, TEMPLATES, Template, get_template
 
 
-class LlavaJsonConfig(PluginConfig):
-    """A LLaVA-1.5 JSON file (list of ``{"id", "image"?, "conversations"}``) and its image folder."""
+# ``json`` is the recipe key LLaVA users expect; it shadows pydantic's deprecated ``BaseModel.json``
+# method (harmless: a field value wins on instances), which pydantic warns about once at class creation.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message='Field name "json"', category=UserWarning)
 
-    model_config = ConfigDict(serialize_by_alias=True)
+    class LlavaJsonConfig(PluginConfig):
+        """A LLaVA-1.5 JSON file (list of ``{"id", "image"?, "conversations"}``) and its image folder."""
 
-    kind: Literal["llava_json"] = "llava_json"
-    json_file: str = Field(alias="json", description="The dataset's JSON file (a list of records), relative to the data root.")
-    image_folder: str | None = Field(None, description="Folder the records' image paths are relative to (relative to "
-                                                       "the data root); null: the JSON file's folder.")
-    template: str = Field("vicuna_v1", description="Conversation template: plain (stage-1 captions) or vicuna_v1.")
-    max_length: int | None = Field(2048, gt=0, description="Longest token sequence (image tokens included); longer "
-                                                           "samples lose their end. Null: no limit.")
-    image_size: int | None = Field(None, gt=0, description="Side of the square image view; null: the student's image_size.")
-    pad_color: tuple[float, float, float] = Field(CLIP_MEAN, description="RGB in [0, 1] that pads images to a square "
-                                                                        "and fills text-only samples' images.")
-    tokenizer: str | None = Field(None, description="Saved tokenizer directory, used only without a student that has "
-                                                    "a tokenizer (relative to the data root).")
-    image_tokens: int | None = Field(None, gt=0, description="Tokens one <image> becomes, used only without a student "
-                                                             "that has a tokenizer.")
-    on_bad_record: Literal["skip", "stop"] = Field("stop", description="A bad record (missing or corrupt image, <image> "
-                                                                      "count mismatch, empty conversation): skip and "
-                                                                      "count it, or stop with its id.")
-    group_by_length: bool = Field(False, description="Batch samples of similar length together (less padding).")
-    group_by_modality: bool = Field(True, description="With group_by_length: keep image and text-only samples in "
-                                                      "separate batches.")
-    group_mega_batches: int = Field(16, gt=0, description="With group_by_length: batches per length-sorted mega-batch.")
-    limit: int | None = Field(None, gt=0, description="Use only the first N records of the file (smoke runs).")
+        kind: Literal["llava_json"] = "llava_json"
+        json: str = Field(description="The dataset's JSON file (a list of records), relative to the data root.")
+        image_folder: str | None = Field(None, description="Folder the records' image paths are relative to (relative to "
+                                                           "the data root); null: the JSON file's folder.")
+        template: str = Field("vicuna_v1", description="Conversation template: plain (stage-1 captions) or vicuna_v1.")
+        max_length: int | None = Field(2048, gt=0, description="Longest token sequence (image tokens included); longer "
+                                                               "samples lose their end. Null: no limit.")
+        image_size: int | None = Field(None, gt=0, description="Side of the square image view; null: the student's image_size.")
+        pad_color: tuple[float, float, float] = Field(CLIP_MEAN, description="RGB in [0, 1] that pads images to a square "
+                                                                            "and fills text-only samples' images.")
+        tokenizer: str | None = Field(None, description="Saved tokenizer directory, used only without a student that has "
+                                                        "a tokenizer (relative to the data root).")
+        image_tokens: int | None = Field(None, gt=0, description="Tokens one <image> becomes, used only without a student "
+                                                                 "that has a tokenizer.")
+        on_bad_record: Literal["skip", "stop"] = Field("stop", description="A bad record (missing or corrupt image, <image> "
+                                                                          "count mismatch, empty conversation): skip and "
+                                                                          "count it, or stop with its id.")
+        group_by_length: bool = Field(False, description="Batch samples of similar length together (less padding).")
+        group_by_modality: bool = Field(True, description="With group_by_length: keep image and text-only samples in "
+                                                          "separate batches.")
+        group_mega_batches: int = Field(16, gt=0, description="With group_by_length: batches per length-sorted mega-batch.")
+        limit: int | None = Field(None, gt=0, description="Use only the first N records of the file (smoke runs).")
 
-    @field_validator("template")
-    @classmethod
-    def _known_template(cls, name: str) -> str:
-        if name not in TEMPLATES:
-            raise ValueError(unknown_name_message("conversation template", name, TEMPLATES))
-        return name
+        @field_validator("template")
+        @classmethod
+        def _known_template(cls, name: str) -> str:
+            if name not in TEMPLATES:
+                raise ValueError(unknown_name_message("conversation template", name, TEMPLATES))
+            return name
 
 
 class LlavaJsonDataset(Dataset):
@@ -174,7 +178,7 @@ def _check_max_length(config: LlavaJsonConfig, template: Template, vocab: Vocabu
 def build(config: LlavaJsonConfig, context: BuildContext) -> LlavaJsonDataset:
     """Read and check every record; bad ones stop the build or are skipped (and logged)."""
     template = get_template(config.template)
-    json_path = context.resolve(config.json_file)
+    json_path = context.resolve(config.json)
     raw = read_json_list(json_path, config.limit)
     folder = context.resolve(config.image_folder) if config.image_folder is not None else json_path.parent
     if not folder.is_dir():

@@ -136,7 +136,7 @@ def test_unknown_template_fails_config_validation() -> None:
 
 def test_config_round_trips_under_its_recipe_key() -> None:
     config = LlavaJsonConfig.model_validate({"json": "x.json"})
-    assert config.json_file == "x.json" and config.model_dump(mode="json")["json"] == "x.json"
+    assert config.json == "x.json" and config.model_dump(mode="json")["json"] == "x.json"
     assert LlavaJsonConfig.model_validate(config.model_dump(mode="json")) == config
 
 
@@ -157,3 +157,13 @@ def test_mini_data_with_every_bad_kind(tmp_path: Path, tokenizer_dir: Path) -> N
     next_good = [r["id"] for r in records].index("conv002")  # after bad_count and bad_empty, dropped at build
     assert int(data[corrupt_position]["ids"]) == next_good == 6
     assert len(data) == len(records) - 3
+
+
+def test_stop_names_the_first_bad_record_and_counts_the_others(tmp_path: Path, tokenizer_dir: Path) -> None:
+    mini = write_mini_llava_data(tmp_path, bad_records=True)
+    fields = {"json": mini.conversations, "image_folder": mini.image_folder, "tokenizer": str(tokenizer_dir),
+              "image_tokens": 2, "image_size": 8}
+    message = (f"llava_json: {tmp_path / mini.conversations}: record 2 (id 'bad_missing'): field 'image': file "
+               f"'missing.png' not found in the image folder (2 more bad records); fix the file or set on_bad_record: skip")
+    with pytest.raises(DataError, match=f"^{re.escape(message)}$"):
+        build(LlavaJsonConfig.model_validate(fields), BuildContext(data_root=tmp_path))
