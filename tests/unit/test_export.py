@@ -163,3 +163,50 @@ def test_export_errors(run, registry, tmp_path: Path) -> None:
         export_run(tmp_path, tmp_path / "out", registry=registry)
     with pytest.raises(CheckpointError, match=re.escape(f"checkpoint {tmp_path / 'step-9'} does not exist")):
         export_run(run_dir, tmp_path / "out", checkpoint=tmp_path / "step-9", registry=registry)
+
+
+def tiny_vit() -> torch.nn.Module:
+    from timm.models.vision_transformer import VisionTransformer
+
+    return VisionTransformer(img_size=16, patch_size=8, embed_dim=16, depth=2, num_heads=2, mlp_ratio=2.0, num_classes=0).eval()
+
+
+def test_eject_restores_the_original_modules(registry) -> None:
+    from kdkit import BuildContext
+
+    model = tiny_vit()
+    originals = {n: m for n, m in model.named_modules() if n.endswith("mlp") or n.endswith(("fc1", "fc2"))}
+    images = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        before = model(images)
+    handle = registry.build("adapter", {**MOLA, "general_experts": 2}, BuildContext(teacher_names=("a",), model=model))
+    with torch.no_grad():
+        for param in handle.parameters("adapters"):
+            param.normal_()
+        assert not torch.allclose(model(images), before)
+    handle.eject()
+    assert {n: m for n, m in model.named_modules() if n in originals} == originals  # the very same objects
+    assert not [n for n, _ in model.named_parameters() if "lora_" in n or "router_" in n]
+    with torch.no_grad():
+        torch.testing.assert_close(model(images), before, rtol=0, atol=0)
+    with pytest.raises(kdkit.KdkitError, match="holds no injected module"):
+        handle.eject()
+
+
+def test_eject_keeps_a_merged_lora(registry) -> None:
+    from kdkit import BuildContext
+
+    model = tiny_vit()
+    handle = registry.build("adapter", {"kind": "lora", "rank": 2}, BuildContext(model=model))
+    with torch.no_grad():
+        for param in handle.parameters("adapters"):
+            param.normal_()
+    images = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        adapted = model(images)
+    handle.merge()
+    targets = list(handle.modules)
+    handle.eject()
+    assert targets and all(type(model.get_submodule(n)) is torch.nn.Linear for n in targets)
+    with torch.no_grad():
+        torch.testing.assert_close(model(images), adapted)
