@@ -40,8 +40,8 @@ def pad_to_square(image: Image.Image, color: tuple[int, int, int]) -> Image.Imag
 
 def to_tensor(image: Image.Image) -> torch.Tensor:
     """RGB PIL image -> ``(3, H, W)`` float32 in [0, 1]."""
-    pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())
-    return rearrange(pixels, "h w c -> c h w").float() / 255.0
+    pixels = np.asarray(image, dtype=np.float32) / 255.0  # numpy: several times faster than torch's uint8 -> float here
+    return torch.from_numpy(np.ascontiguousarray(rearrange(pixels, "h w c -> c h w")))
 
 
 def load_image(path: Path, size: int, color: tuple[int, int, int]) -> torch.Tensor:

@@ -111,6 +111,22 @@ TEMPLATES: dict[str, Template] = {
 }
 
 
+def prompt_pieces(template: Template, question: str, has_image: bool) -> list[Piece]:
+    """The pieces a model continues to answer ``question`` (ending with the assistant's role tag).
+
+    ``<image>`` in ``question`` is moved to its start as in training; with ``has_image`` and no
+    placeholder, one is added there.
+    """
+    if has_image and IMAGE not in question:
+        question = IMAGE + "\n" + question
+    elif IMAGE in question:
+        question = (IMAGE + "\n" + question.replace(IMAGE, "").strip()).strip()
+    pieces = template.format([("human", question), ("gpt", "")], has_image)
+    while pieces and pieces[-1].train:
+        pieces.pop()
+    return pieces
+
+
 def get_template(name: str) -> Template:
     """The template called ``name``.
 

@@ -163,3 +163,17 @@ def test_unknown_template_names_the_known_ones() -> None:
     with pytest.raises(KdkitError, match=r"^llava_json.template: unknown conversation template 'vicuna' \(known: plain, "
                                          r"vicuna_v1\); did you mean 'vicuna_v1'\?$"):
         get_template("vicuna")
+
+
+def test_generation_prompt_ends_with_the_assistant_tag(make_dataset) -> None:
+    from kdkit_plugins.data._encoding import encode
+    from kdkit_plugins.data.conversation import prompt_pieces
+
+    data = make_dataset([{"id": "a", "image": "a.png", "conversations": [turn("human", "<image>"), turn("gpt", "A box.")]}])
+    tokenizer = data.vocab.tokenizer
+    for question in ("What is this?", "What is this? <image>"):
+        ids = encode(prompt_pieces(get_template("vicuna_v1"), question, True), data.vocab, None)["input_ids"]
+        assert ids.tolist() == expect(tokenizer, (["<s>"], FROZEN), (SYSTEM, FROZEN), (["USER", ":"] + IMG + ["\n"], FROZEN),
+                                      (["What", "is", "this", "?", "ASSISTANT", ":"], FROZEN))["input_ids"]
+    plain = encode(prompt_pieces(get_template("plain"), "Describe.", True), data.vocab, None)["input_ids"]
+    assert tokenizer.convert_ids_to_tokens(plain.tolist()) == ["<s>"] + IMG
