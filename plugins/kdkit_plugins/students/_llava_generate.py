@@ -19,20 +19,17 @@ if TYPE_CHECKING:
 def prompt_ids(student: LlavaStudent, question: str) -> list[int]:
     """One question -> token ids of the template's prompt up to where the answer starts (image expanded).
 
-    The question gets LLaVA's ``"<image>\\n"`` in front when it has no placeholder; pieces are
-    tokenized exactly as the ``llava_json`` data plugin tokenizes training samples.
+    The pieces are the ``llava_json`` templates' generation prompt, tokenized exactly as that data
+    plugin tokenizes training samples (``<image>`` goes first, added when the question has none).
     """
     from kdkit_plugins.data._encoding import Vocabulary
-    from kdkit_plugins.data.conversation import IMAGE, get_template
+    from kdkit_plugins.data.conversation import get_template, prompt_pieces
 
-    if IMAGE not in question:
-        question = f"{IMAGE}\n{question}"
-    pieces = get_template(student.template).format([("human", question), ("gpt", "")], True)
-    answer = next((i for i, piece in enumerate(pieces) if piece.train), len(pieces))
     tokenizer = student.tokenizer
     vocab = Vocabulary(tokenizer, tokenizer.bos_token_id, tokenizer.eos_token_id, pad_id(tokenizer),
                        student.image_token_id, student.image_tokens)
-    return [i for piece in pieces[:answer] for i in vocab.ids(piece)]
+    pieces = prompt_pieces(get_template(student.template), question, has_image=True)
+    return [i for piece in pieces for i in vocab.ids(piece)]
 
 
 def pad_id(tokenizer: Any) -> int:

@@ -87,17 +87,22 @@ def test_assembly_adds_a_missing_image_token(parts: Path, tmp_path: Path) -> Non
     assert student.tokenizer.convert_tokens_to_ids("<image>") == rows
 
 
-def test_generation_prompt_is_the_training_encoding_up_to_the_answer(parts: Path) -> None:
-    student = make(parts, checkpoint="llava")
+@pytest.mark.parametrize("template", ["vicuna_v1", "plain"])
+def test_generation_prompt_is_the_training_encoding_up_to_the_answer(parts: Path, template: str) -> None:
+    student = make(parts, checkpoint="llava", template=template)
     question = "what color is the circle ?"
     tokenizer = student.tokenizer
     vocab = Vocabulary(tokenizer, tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id,
                        student.image_token_id, student.image_tokens)
-    pieces = get_template("vicuna_v1").format([("human", f"<image>\n{question}"), ("gpt", "red")], True)
+    pieces = get_template(template).format([("human", f"<image>\n{question}"), ("gpt", "red")], True)
     encoded = encode(pieces, vocab, None)
     start = int((encoded["labels"] != -100).nonzero()[0])
-    assert prompt_ids(student, question) == encoded["input_ids"][:start].tolist()
-    assert tokenizer.decode(prompt_ids(student, question)[-2:]) == "ASSISTANT :"
+    ids = prompt_ids(student, question)
+    assert ids == encoded["input_ids"][:start].tolist()
+    if template == "vicuna_v1":
+        assert tokenizer.decode(ids[-2:]) == "ASSISTANT :"
+    else:
+        assert ids == [tokenizer.bos_token_id] + [student.image_token_id] * student.image_tokens
 
 
 def error(exc: type[Exception], match: str):
