@@ -1,10 +1,18 @@
 """Training checkpoints that lose nothing, written atomically, the last K kept.
 
-A checkpoint is a directory ``checkpoints/step-00000120/`` holding ``model.safetensors`` (every
-parameter trained so far and the persistent buffers: adapters, routers, aligners, scorer and loss
-projections, unfrozen student weights; never a teacher), ``optimizer.safetensors`` (its tensors by
-parameter name) and ``state.json`` (step, stage, data position, scheduler, per-rank RNG states,
-the resolved recipe). It is written into a temporary directory and renamed into place, so a kill
+A checkpoint is a directory ``checkpoints/step-00000120/``. It holds exactly what the run has
+changed: every parameter trained so far (adapters, routers, aligners, scorer and loss projections,
+unfrozen student weights) and the persistent buffers, never a teacher and never a frozen base
+weight (``--resume`` rebuilds those from the recipe, and a digest of them in ``state.json``
+proves the rebuild gave the same values). Two layouts:
+
+- ``safetensors`` (one process, DDP): ``model.safetensors``, ``optimizer.safetensors`` (tensors by
+  parameter name) and ``optimizer.json``, written by rank 0;
+- ``dcp`` (FSDP2): a ``dcp/`` directory written by every rank through
+  ``torch.distributed.checkpoint`` (each rank its own shards; no rank gathers the model).
+
+``state.json`` (step, stage, data position, scheduler, per-rank RNG states, the resolved recipe)
+is written last. Everything goes into a temporary directory that is renamed into place, so a kill
 during the write leaves the previous checkpoint intact; an existing checkpoint is never replaced.
 """
 
@@ -14,6 +22,7 @@ import json
 import os
 import random
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,16 +37,32 @@ from kdkit.errors import CheckpointError
 FORMAT = 1
 PREFIX = "step-"
 TMP = ".tmp-"
+SHARDED = "dcp"
 
 
 @dataclass
 class Checkpoint:
-    """A checkpoint read back: model and optimizer tensors, and everything else in ``state``."""
+    """A checkpoint read back: everything but the tensors in ``state``.
+
+    Attributes:
+        path: The checkpoint directory.
+        model: Model tensors by name (``safetensors`` layout; None for ``dcp``, read into the
+            sharded model by :mod:`kdkit.engine.sharded`).
+        optimizer: Name-keyed optimizer state dict (likewise).
+        state: The contents of ``state.json``.
+        shapes: Shape of every saved model tensor, by name (both layouts).
+    """
 
     path: Path
-    model: dict[str, Tensor]
-    optimizer: dict[str, Any]
+    model: dict[str, Tensor] | None
+    optimizer: dict[str, Any] | None
     state: dict[str, Any]
+    shapes: dict[str, tuple[int, ...]]
+
+    @property
+    def sharded(self) -> bool:
+        """True for the ``dcp`` layout (written under FSDP2)."""
+        return self.state.get("layout") == SHARDED
 
 
 def rng_state() -> dict[str, Any]:
@@ -115,25 +140,44 @@ def save_checkpoint(directory: Path, step: int, model: dict[str, Tensor], optimi
     Raises:
         CheckpointError: a checkpoint for this step already exists (it is never overwritten).
     """
-    final = directory / f"{PREFIX}{step:08d}"
-    if final.exists():
-        raise CheckpointError(f"checkpoint {final} already exists; kdkit never overwrites a checkpoint")
-    directory.mkdir(parents=True, exist_ok=True)
-    for stale in directory.glob(f"{TMP}*"):  # left by a run killed while writing
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = directory / f"{TMP}{final.name}-{os.getpid()}"
+    final = checkpoint_path(directory, step)
+    tmp = prepare(directory, final, f"-{os.getpid()}")
     tmp.mkdir()
     optim_tensors, optim_rest = flatten_optimizer(optimizer)
     save_file({k: v.detach().cpu().contiguous() for k, v in model.items()}, str(tmp / "model.safetensors"))
     save_file(optim_tensors, str(tmp / "optimizer.safetensors"))
     _write_json(tmp / "optimizer.json", optim_rest)
-    _write_json(tmp / "state.json", {"format": FORMAT, **state})  # written last
+    publish(tmp, final, {"layout": "safetensors", **state}, keep_last)
+    return final
+
+
+def checkpoint_path(directory: Path, step: int) -> Path:
+    """Where the checkpoint of global ``step`` lives."""
+    return directory / f"{PREFIX}{step:08d}"
+
+
+def prepare(directory: Path, final: Path, suffix: str = "") -> Path:
+    """Refuse an existing ``final``, clear debris of killed writes; returns the temporary directory to fill.
+
+    Raises:
+        CheckpointError: ``final`` exists (a checkpoint is never overwritten).
+    """
+    if final.exists():
+        raise CheckpointError(f"checkpoint {final} already exists; kdkit never overwrites a checkpoint")
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob(f"{TMP}*"):  # left by a run killed while writing
+        shutil.rmtree(stale, ignore_errors=True)
+    return directory / f"{TMP}{final.name}{suffix}"
+
+
+def publish(tmp: Path, final: Path, state: dict[str, Any], keep_last: int) -> None:
+    """Write ``state.json`` last, rename ``tmp`` to ``final`` atomically, keep the last ``keep_last``."""
+    _write_json(tmp / "state.json", {"format": FORMAT, **state})
     _fsync_dir(tmp)
     os.rename(tmp, final)  # atomic: the checkpoint appears whole or not at all
-    _fsync_dir(directory)
-    for old in list_checkpoints(directory)[:-keep_last]:
+    _fsync_dir(final.parent)
+    for old in list_checkpoints(final.parent)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
-    return final
 
 
 def _read(path: Path, what: str) -> Any:
@@ -160,10 +204,28 @@ def load_checkpoint(path: Path) -> Checkpoint:
     state = _read(path / "state.json", "step, data position, RNG")
     if state.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path} has format {state.get('format')!r}; this kdkit reads {FORMAT}")
+    if state.get("layout") == SHARDED:
+        from kdkit.engine.sharded import sharded_shapes
+
+        return Checkpoint(path, None, None, state, sharded_shapes(path / SHARDED))
     model = _read(path / "model.safetensors", "model weights")
     optimizer = unflatten_optimizer(_read(path / "optimizer.safetensors", "optimizer tensors"),
                                     _read(path / "optimizer.json", "optimizer settings"))
-    return Checkpoint(path, model, optimizer, state)
+    return Checkpoint(path, model, optimizer, state, {k: tuple(v.shape) for k, v in model.items()})
+
+
+def read_weights(path: Path) -> dict[str, Tensor]:
+    """Every model tensor of the checkpoint directory ``path``, full (unsharded), on the CPU, by name.
+
+    Works on both layouts, in a single process (no process group needed): the way to take trained
+    adapters, heads or student weights out of a run.
+    """
+    checkpoint = load_checkpoint(path)
+    if checkpoint.model is not None:
+        return checkpoint.model
+    from kdkit.engine.sharded import read_sharded_weights
+
+    return read_sharded_weights(path / SHARDED)
 
 
 def latest_checkpoint(directory: Path) -> Path:
@@ -200,11 +262,16 @@ def recipe_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[s
     return [f"{k}: {old.get(k, absent)!r} -> {new.get(k, absent)!r}" for k in keys if old.get(k, absent) != new.get(k, absent)]
 
 
-def check_model_state(path: Path, saved: dict[str, Tensor], live: dict[str, Tensor]) -> None:
-    """Raise when checkpoint tensors do not fit the live model (names every mismatch, up to 8)."""
-    problems = [f"{k}: not in this model" for k in saved if k not in live]
-    problems += [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(live[k].shape)}"
-                 for k, v in saved.items() if k in live and tuple(v.shape) != tuple(live[k].shape)]
+def check_model_state(path: Path, saved: dict[str, tuple[int, ...]], live: dict[str, tuple[int, ...]],
+                      trained: Sequence[str] = ()) -> None:
+    """Raise when the checkpoint's tensor shapes do not fit the live model's, or a ``trained`` tensor is absent.
+
+    Names every mismatch, up to 8.
+    """
+    problems = [f"{k}: trained in this run but absent from the checkpoint" for k in trained if k not in saved]
+    problems += [f"{k}: not in this model" for k in saved if k not in live]
+    problems += [f"{k}: checkpoint {tuple(v)} vs model {tuple(live[k])}"
+                 for k, v in saved.items() if k in live and tuple(v) != tuple(live[k])]
     if problems:
         more = f" (+{len(problems) - 8} more)" if len(problems) > 8 else ""
         raise CheckpointError(f"checkpoint {path} does not fit this recipe's model: " + "; ".join(problems[:8]) + more)

@@ -119,9 +119,9 @@ def run_recipe(recipe_path: str | Path, overrides: Iterable[str] = (), resume: b
                 truncate_metrics(run_dir, checkpoint.state["global_step"])
         seed_everything(recipe.runtime.seed)
         distiller = build_distiller(recipe, registry, world.device)
-        if checkpoint is not None:
-            check_model_state(checkpoint.path, checkpoint.model, distiller.state_dict())
-            distiller.load_state_dict(checkpoint.model, strict=False)
+        if checkpoint is not None:  # fail now, not after wrapping; the trainer loads the tensors
+            live = {k: tuple(v.shape) for k, v in distiller.state_dict().items()}
+            check_model_state(checkpoint.path, checkpoint.shapes, live, checkpoint.state.get("trained", []))
             console(f"resuming from {checkpoint.path} (global step {checkpoint.state['global_step']})", world.main)
         monitor = Monitor(run_dir, world.main, tensorboard=tensorboard, progress=progress)
         Trainer(recipe, distiller, registry, world, run_dir, monitor, recipe_data).fit(checkpoint)

@@ -1,19 +1,26 @@
 """The trainer's running state: metric accumulation between logs, checkpoint save and restore.
 
-Model and optimizer states are gathered with ``torch.distributed.checkpoint.state_dict`` (full,
-name-keyed tensors on rank 0 whatever the wrapping: none, DDP or FSDP2), so a checkpoint can be
-resumed on another number of processes; RNG states are kept per rank.
+A checkpoint keeps what the run changed: the parameters of every stage's trainable set so far
+(``Trainer.trained``) and the persistent buffers (small, and a frozen module in training mode,
+such as a BatchNorm, still updates its running statistics). Frozen weights are rebuilt by
+``--resume`` from the recipe and seed; a float64 digest of each (sum and norm) is stored and
+compared, so a changed base checkpoint file or build is an error instead of a silent drift.
+Without FSDP2 the tensors are taken from the unwrapped model (no copy of the frozen rest) and
+rank 0 writes ``safetensors``; with FSDP2 every rank writes its shards with
+``torch.distributed.checkpoint``. RNG states are kept per rank.
 """
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from kdkit.engine.checkpoint import Checkpoint, rng_state, save_checkpoint, set_rng_state
-from kdkit.engine.distributed import World
+from kdkit.engine.distributed import World, unwrap
+from kdkit.errors import CheckpointError
 
 if TYPE_CHECKING:
     from kdkit.engine.loader import Plan
@@ -29,40 +36,121 @@ def _options(world: World, saving: bool) -> Any:
     return StateDictOptions(full_state_dict=True, cpu_offload=saving)
 
 
+def kept_names(model: nn.Module, trained: set[str]) -> set[str]:
+    """State-dict names a checkpoint holds: ``trained`` parameters and every persistent buffer."""
+    module = unwrap(model)
+    params = {n for n, _ in module.named_parameters()}
+    return {k for k in module.state_dict() if k in trained or k not in params}
+
+
+def frozen_digest(model: nn.Module, trained: set[str], world: World) -> dict[str, list[float]]:
+    """``{name: [sum, 2-norm]}`` in float64 of every parameter NOT in ``trained`` (all ranks call it).
+
+    Under FSDP2 each rank sums its shards and the sums are reduced (one collective).
+    """
+    frozen = [(n, p) for n, p in unwrap(model).named_parameters() if n not in trained]
+    if not frozen:
+        return {}
+    rows = []
+    for _, param in frozen:
+        local = param.detach()
+        local = local.to_local() if hasattr(local, "to_local") else local
+        rows.append(torch.stack([local.sum(dtype=torch.float64), torch.linalg.vector_norm(local, dtype=torch.float64) ** 2]))
+    values = torch.stack(rows)
+    if world.strategy == "fsdp2":
+        values = world.all_reduce(values)
+    values[:, 1] = values[:, 1].sqrt()
+    return {name: row for (name, _), row in zip(frozen, values.tolist(), strict=True)}
+
+
+def check_frozen(path: Any, saved: dict[str, list[float]], live: dict[str, list[float]]) -> None:
+    """Raise when the rebuilt frozen weights differ from those the run trained against (up to 8 named)."""
+    changed = [n for n, (total, norm) in saved.items()
+               if n not in live or not (math.isclose(live[n][0], total, rel_tol=1e-6, abs_tol=1e-6)
+                                        and math.isclose(live[n][1], norm, rel_tol=1e-6, abs_tol=1e-6))]
+    if changed:
+        more = f" (+{len(changed) - 8} more)" if len(changed) > 8 else ""
+        raise CheckpointError(
+            f"cannot resume from {path}: the frozen weights rebuilt from the recipe differ from the ones the run "
+            f"trained against ({', '.join(changed[:8])}{more}); a base checkpoint file or a plugin's build changed "
+            "since the run started: restore them, or start a new run")
+
+
 def save(trainer: Trainer, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, index: int,
          stage: str, stage_step: int, plan: Plan) -> None:
-    """Write a checkpoint after ``stage_step`` of ``stage`` (every process takes part; rank 0 writes)."""
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
-
+    """Write a checkpoint after ``stage_step`` of ``stage`` (every process takes part)."""
     world = trainer.world
-    weights = get_model_state_dict(model, options=_options(world, True))
+    kept = kept_names(model, trainer.trained)
+    key = frozenset(trainer.trained)
+    if trainer.digest[0] != key:  # frozen weights never change: one digest per trainable set
+        trainer.digest = (key, frozen_digest(model, trainer.trained, world))
+    micro = stage_step * plan.accumulation
+    meta = {
+        "stage_index": index, "stage": stage, "stage_step": stage_step, "stage_steps": plan.steps,
+        "stage_done": stage_step == plan.steps, "global_step": trainer.global_step,
+        "trained": sorted(trainer.trained), "frozen": trainer.digest[1], "skipped": trainer.meter.skipped,
+        "scheduler": scheduler.state_dict(), "scaler": trainer.scaler.state_dict() if trainer.scaler else None,
+        "rng": world.gather_objects(rng_state()),
+        "data": {"micro_batches": micro, "epoch": micro // plan.batches_per_epoch,
+                 "offset": micro % plan.batches_per_epoch, "world_size": world.size,
+                 "accumulation": plan.accumulation},
+        "recipe": trainer.recipe_data,
+    }
+    directory = trainer.run_dir / "checkpoints"
+    if world.strategy == "fsdp2":
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        from kdkit.engine.sharded import save_sharded
+
+        weights, optim = get_state_dict(model, optimizer)  # this rank's shards: nothing is gathered
+        weights = {k: v for k, v in weights.items() if k in kept}
+        save_sharded(directory, trainer.global_step, weights, optim, meta, trainer.runtime.keep_last, world)
+        return
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
     optim = get_optimizer_state_dict(model, optimizer, options=_options(world, True))
-    rngs = world.gather_objects(rng_state())
     if world.main:
-        params = {n for n, _ in trainer.distiller.named_parameters()}
-        # what training changed (every stage's trainable set) and every persistent buffer
-        kept = {k: v for k, v in weights.items() if k in trainer.trained or k not in params}
-        micro = stage_step * plan.accumulation
-        meta = {
-            "stage_index": index, "stage": stage, "stage_step": stage_step, "stage_steps": plan.steps,
-            "stage_done": stage_step == plan.steps, "global_step": trainer.global_step,
-            "trained": sorted(trainer.trained), "skipped": trainer.meter.skipped, "scheduler": scheduler.state_dict(),
-            "scaler": trainer.scaler.state_dict() if trainer.scaler else None, "rng": rngs,
-            "data": {"micro_batches": micro, "epoch": micro // plan.batches_per_epoch,
-                     "offset": micro % plan.batches_per_epoch, "world_size": world.size,
-                     "accumulation": plan.accumulation},
-            "recipe": trainer.recipe_data,
-        }
-        save_checkpoint(trainer.run_dir / "checkpoints", trainer.global_step, kept, optim, meta, trainer.runtime.keep_last)
+        weights = {k: v for k, v in unwrap(model).state_dict().items() if k in kept}
+        save_checkpoint(directory, trainer.global_step, weights, optim, meta, trainer.runtime.keep_last)
     world.barrier()
+
+
+def load_weights(model: nn.Module, resume: Checkpoint, world: World) -> None:
+    """Check the rebuilt frozen weights against ``resume``'s digest, then load its tensors into ``model``.
+
+    ``model`` is wrapped for the world already (FSDP2 loads its own shards from a ``dcp`` checkpoint).
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, set_model_state_dict
+
+    check_frozen(resume.path, resume.state.get("frozen", {}), frozen_digest(model, set(resume.state["trained"]), world))
+    if resume.model is not None and world.strategy != "fsdp2":
+        unwrap(model).load_state_dict(resume.model, strict=False)
+        return
+    if resume.model is not None:  # full tensors into FSDP2 shards
+        set_model_state_dict(model, resume.model, options=StateDictOptions(full_state_dict=True, strict=False))
+        return
+    from kdkit.engine.checkpoint import SHARDED
+    from kdkit.engine.sharded import load_sharded
+
+    weights = {k: v for k, v in get_model_state_dict(model).items() if k in resume.shapes}
+    load_sharded(resume.path / SHARDED, model=weights)
+    set_model_state_dict(model, weights, options=StateDictOptions(strict=False))
 
 
 def restore(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any, resume: Checkpoint,
             world: World) -> int:
     """Load optimizer, scheduler, scaler and this rank's RNG from ``resume``; returns the stage step to start at."""
-    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
 
-    set_optimizer_state_dict(model, optimizer, resume.optimizer, options=_options(world, False))
+    if resume.optimizer is not None:
+        set_optimizer_state_dict(model, optimizer, resume.optimizer, options=_options(world, False))
+    else:
+        from kdkit.engine.checkpoint import SHARDED
+        from kdkit.engine.sharded import load_sharded
+
+        optim = get_optimizer_state_dict(model, optimizer)  # the layout to fill, shards under FSDP2
+        load_sharded(resume.path / SHARDED, optimizer=optim)
+        set_optimizer_state_dict(model, optimizer, optim)
     scheduler.load_state_dict(resume.state["scheduler"])
     if scaler is not None and resume.state.get("scaler"):
         scaler.load_state_dict(resume.state["scaler"])

@@ -65,6 +65,8 @@ class Trainer:
         self.weights = {name: block.weight for name, block in recipe.losses.items()}
         self.global_step = 0
         self.trained: set[str] = set()
+        self.digest: tuple[frozenset[str] | None, dict[str, list[float]]] = (None, {})
+        self.pending: Checkpoint | None = None  # weights to load once the first stage has wrapped the model
         self.datasets: dict[str, Any] = {}
         self.meter = state.Meter(world)
         self.scaler = torch.amp.GradScaler(world.device.type) if self.runtime.precision == "fp16" else None
@@ -84,6 +86,7 @@ class Trainer:
             self.global_step = resume.state["global_step"]
             self.trained = set(resume.state["trained"])
             self.meter.skipped = resume.state.get("skipped", 0)
+            self.pending = resume
         # every stage's data is opened before the first step: a bad path or file fails now, not hours in
         self.datasets = {name: self.build_data(name, stage) for name, stage in self.recipe.stages.items()}
         for index, (name, stage) in enumerate(self.recipe.stages.items()):
@@ -111,6 +114,9 @@ class Trainer:
         build.set_trainable(self.distiller, chosen)  # before wrapping: DDP hooks what requires grad
         units = getattr(self.distiller.plugin, "shard_units", list)()
         model = wrap(self.distiller, self.world, units)
+        if self.pending is not None:  # after wrapping: FSDP2 reads its own shards
+            state.load_weights(model, self.pending, self.world)
+            self.pending = None
         self.trained |= {n for names in chosen.values() for n in names}
         self.distiller.active = tuple(stage.losses or self.recipe.losses)
         rows = "\n".join(f"  {group:<24} {count:>14,}" for group, count in build.trainable_table(self.distiller, chosen))
@@ -167,7 +173,9 @@ class Trainer:
         if self.scaler:
             self.scaler.unscale_(optimizer)
         grad_norm = self.clip(model, stage.optimizer.grad_clip)
-        ok = torch.stack(finite).all() & torch.isfinite(grad_norm)
+        ok = torch.stack(finite).all()
+        if self.scaler is None:  # with fp16 an overflowing gradient is the scaler's to skip (it lowers its scale)
+            ok = ok & torch.isfinite(grad_norm)
         skipped = not bool(self.world.all_reduce(ok.to(torch.int32), "min"))
         if skipped:
             self.nonfinite(name, stage_step, list(losses), finite, batches, grad_norm, optimizer)
@@ -178,7 +186,7 @@ class Trainer:
         else:
             optimizer.step()
         with warnings.catch_warnings():
-            if skipped:  # the schedule moves on over a skipped step, on purpose
+            if skipped or self.scaler:  # the schedule moves on over a skipped step, on purpose
                 warnings.simplefilter("ignore", UserWarning)
             scheduler.step()
         optimizer.zero_grad(set_to_none=True)

@@ -80,7 +80,9 @@ def test_recipe_differences_ignore_volatile_runtime_keys() -> None:
 
 def test_model_state_mismatch_names_the_tensors(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match=r"b: not in this model; a: checkpoint \(2,\) vs model \(3,\)"):
-        ckpt.check_model_state(tmp_path, {"a": torch.zeros(2), "b": torch.zeros(1)}, {"a": torch.zeros(3)})
+        ckpt.check_model_state(tmp_path, {"a": (2,), "b": (1,)}, {"a": (3,)})
+    with pytest.raises(CheckpointError, match=r"fit this recipe's model: c: trained in this run but absent"):
+        ckpt.check_model_state(tmp_path, {"a": (3,)}, {"a": (3,), "c": (1,)}, trained=["a", "c"])
 
 
 def test_rng_round_trip() -> None:
