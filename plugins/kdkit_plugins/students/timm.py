@@ -203,7 +203,7 @@ def build(config: TimmStudentConfig, context: BuildContext) -> TimmStudent:
     data_config = getattr(model, "pretrained_cfg", {}) or {}
     mean = config.mean or tuple(data_config.get("mean", IMAGENET_MEAN))
     std = config.std or tuple(data_config.get("std", IMAGENET_STD))
-    fields = config.model_dump(exclude={"checkpoint"})
+    fields = config.model_dump(mode="json", exclude={"checkpoint"})
     return TimmStudent(model, layer, size, GridSpec(height, width, channels), mean, std, config.label_smoothing, fields)
 
 

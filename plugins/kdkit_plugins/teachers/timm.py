@@ -89,7 +89,8 @@ def build(config: TimmConfig, context: BuildContext) -> TimmTeacher:
 
     architecture = config.model.split(".")[0]
     require_known(context.name, "timm", architecture, timm.list_models())
-    model = timm.create_model(architecture, pretrained=False, **config.model_args)
+    # eval from the start: tracing the layers in train mode would run batch-norm statistics on a batch of one
+    model = timm.create_model(architecture, pretrained=False, **config.model_args).eval()
     if not hasattr(model, "forward_intermediates"):
         raise KdkitError(f"teacher {context.name!r}: timm model {architecture!r} has no forward_intermediates; "
                         "use the `module` teacher with a module path instead")
