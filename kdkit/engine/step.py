@@ -121,7 +121,7 @@ class Distiller(nn.Module):
         self.adapters = dict(adapters)
         self.teachers = dict(teachers)
         self.chains = dict(chains)
-        self.scorer = scorer
+        object.__setattr__(self, "scorer", scorer)  # registered once, as heads.scorer
         self.losses = dict(losses)
         self.active: tuple[str, ...] = tuple(losses)
 

@@ -99,6 +99,15 @@ def test_teachers_are_not_submodules(distiller) -> None:
     assert all(not t.training for t in distiller.teachers.values())
 
 
+def test_a_scorer_with_parameters_is_registered_once(tiny_recipe, tiny_root, registry) -> None:
+    """Its weights appear only as heads.scorer.* (a second name would make safetensors refuse shared tensors)."""
+    recipe = load_recipe(tiny_recipe, [f"runtime.data_root={tiny_root}", "scorer.project_tokens=true"], registry=registry)
+    model = build.build_distiller(recipe, registry, torch.device("cpu"))
+    names = list(model.state_dict())
+    assert any(n.startswith("heads.scorer.") for n in names)
+    assert not any(n.startswith("scorer.") for n in names)
+
+
 def test_gradient_checkpointing_gives_the_same_gradients(tiny_recipe, tiny_root, registry, batch) -> None:
     from kdkit.engine.step import checkpoint_context
 
