@@ -1,0 +1,173 @@
+"""The mini-HAWAII demo: world generator, bad input, and (slow) the quick profile end to end."""
+
+from __future__ import annotations
+
+import json
+import re
+import stat
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kdkit.errors import KdkitError
+
+from experiments.mini_hawaii import __main__ as demo
+from experiments.mini_hawaii.evaluate import accuracy, normalize, read_jsonl
+from experiments.mini_hawaii.pipeline import PROFILES, prepare_output
+from experiments.mini_hawaii.report import COLUMNS, mean_std
+from experiments.mini_hawaii.world import ASPECTS, QUESTIONS, render, sample_scene, vocabulary_words, write_world
+
+
+# world ------------------------------------------------------------------------------------------
+def test_world_is_deterministic_and_splits_share_no_image(tmp_path: Path) -> None:
+    a = write_world(tmp_path / "a", seed=3, train_images=12, test_images=6)
+    b = write_world(tmp_path / "b", seed=3, train_images=12, test_images=6)
+    for name in ("captions", "conversations", "questions", "answers", "scenes"):
+        assert a.path(name).read_bytes() == b.path(name).read_bytes()
+    assert (a.path("images") / "test/000005.png").read_bytes() == (b.path("images") / "test/000005.png").read_bytes()
+    c = write_world(tmp_path / "c", seed=4, train_images=12, test_images=6)
+    assert a.path("scenes").read_bytes() != c.path("scenes").read_bytes()
+    train = {r["image"] for r in json.loads(a.path("conversations").read_text())}
+    test = {q["image"] for q in read_jsonl(a.path("questions"))}
+    assert len(train) == 12 and len(test) == 6 and not train & test
+
+
+def test_world_files_use_the_llava_formats(tmp_path: Path) -> None:
+    files = write_world(tmp_path, seed=0, train_images=4, test_images=2)
+    captions = json.loads(files.path("captions").read_text())
+    assert set(captions[0]) == {"id", "image", "conversations"}
+    assert [t["from"] for t in captions[0]["conversations"]] == ["human", "gpt"]
+    assert captions[0]["conversations"][0]["value"].count("<image>") == 1
+    conversation = json.loads(files.path("conversations").read_text())[0]["conversations"]
+    assert [t["from"] for t in conversation] == ["human", "gpt"] * len(QUESTIONS)
+    assert conversation[0]["value"].startswith("<image>\n")
+    assert sum(t["value"].count("<image>") for t in conversation) == 1
+    answers = {t["value"] for t in conversation[1::2]}
+    scene = json.loads(files.path("scenes").read_text())[0]
+    assert answers == {scene[aspect] for aspect in QUESTIONS}
+    questions = read_jsonl(files.path("questions"))
+    assert {q["category"] for q in questions} == set(QUESTIONS) and len(questions) == 2 * len(QUESTIONS)
+
+
+def test_scenes_respect_their_sector_and_do_not_overlap() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        scene = sample_scene(rng, 32)
+        assert len(scene.objects) == ASPECTS["count"].index(scene.count) + 1
+        for x, y, r in scene.objects:
+            dx, dy = x - 15.5, y - 15.5
+            along = {"left": -dx, "right": dx, "top": -dy, "bottom": dy}[scene.position]
+            across = abs(dy) if scene.position in ("left", "right") else abs(dx)
+            assert along > across, (scene, x, y)
+            assert r <= x <= 32 - r and r <= y <= 32 - r
+        for i, (x, y, r) in enumerate(scene.objects):
+            for x2, y2, r2 in scene.objects[i + 1:]:
+                assert np.hypot(x - x2, y - y2) > r + r2
+    image = render(scene, 32, rng)
+    assert image.shape == (32, 32, 3) and image.dtype == np.uint8
+
+
+def test_every_word_of_the_world_is_known_to_the_tiny_tokenizer(tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from kdkit_plugins.fixtures.tokenizer import write_tiny_tokenizer
+
+    files = write_world(tmp_path, seed=0, train_images=8, test_images=2)
+    tokenizer = AutoTokenizer.from_pretrained(write_tiny_tokenizer(tmp_path / "tok", extra_words=vocabulary_words()))
+    texts = [t["value"].replace("<image>", "") for r in json.loads(files.path("conversations").read_text())
+             for t in r["conversations"]]
+    texts += [r["conversations"][1]["value"] for r in json.loads(files.path("captions").read_text())]
+    for text in texts:
+        assert tokenizer.unk_token_id not in tokenizer(text).input_ids, text
+
+
+def test_world_rejects_an_image_side_out_of_range(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"image side 8 is out of range \[24, 128\]"):
+        write_world(tmp_path, seed=0, train_images=1, test_images=1, side=8)
+
+
+# scoring ----------------------------------------------------------------------------------------
+def test_exact_match_normalizes_only_case_punctuation_and_trailing_words() -> None:
+    assert normalize(" Red.") == "red" and normalize("two circles") == "two" and normalize("") == ""
+    results = [{"category": "color", "correct": True}, {"category": "color", "correct": False},
+               {"category": "count", "correct": True}, {"category": "count", "correct": True}]
+    assert accuracy(results) == {"color": 0.5, "count": 1.0, "overall": 0.75}
+    assert mean_std([0.5]) == (0.5, 0.0)
+    assert mean_std([0.2, 0.4])[1] == pytest.approx(0.1414, abs=1e-4)
+
+
+# bad input --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("argv, message", [
+    (["--seeds", "0"], "--seeds must be in [1, 10], got 0"),
+    (["--seeds", "many"], "--seeds must be an integer, got 'many'"),
+    (["--train-images", "3"], "--train-images must be in [16, 20000], got 3"),
+    (["--quick", "--full"], "not allowed with argument"),
+])
+def test_options_out_of_range_are_argparse_errors(argv, message, capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        demo.parser().parse_args(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX permissions")
+def test_unwritable_output_directory_is_a_clear_error(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(stat.S_IRUSR | stat.S_IXUSR)
+    try:
+        if (locked / "probe").parent.stat().st_mode & stat.S_IWUSR:
+            pytest.skip("cannot make a read-only directory here")
+        with pytest.raises(KdkitError, match=r"cannot write to the output directory .*locked.*--output-dir"):
+            prepare_output(locked / "demo", PROFILES["quick"])
+    finally:
+        locked.chmod(stat.S_IRWXU)
+
+
+def test_output_directory_of_other_settings_or_foreign_content_is_refused(tmp_path: Path) -> None:
+    prepare_output(tmp_path / "demo", PROFILES["quick"])
+    prepare_output(tmp_path / "demo", PROFILES["quick"])  # same settings: resumable
+    with pytest.raises(KdkitError, match=r"other settings \(.*seeds.*\)"):
+        prepare_output(tmp_path / "demo", PROFILES["full"])
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(KdkitError, match="not empty and holds no demo run"):
+        prepare_output(tmp_path / "other", PROFILES["quick"])
+
+
+# end to end -------------------------------------------------------------------------------------
+NUMBER = re.compile(r"(\d+\.\d) ± (\d+\.\d)")
+
+
+@pytest.mark.slow
+def test_quick_profile_end_to_end_and_every_table_number_is_computed(tmp_path: Path) -> None:
+    output = tmp_path / "demo"
+    report = demo.main(["--quick", "--output-dir", str(output)])
+    text = report.read_text()
+    for heading in ("## The experts", "## Held-out accuracy", "## Loss curves", "## Expert usage per block",
+                    "## Which teacher expert", "## Time and memory"):
+        assert heading in text
+    for png in ("losses_baseline.png", "losses_hawaii.png", "routing_teacher.png"):
+        assert (output / png).stat().st_size > 1000
+    results = json.loads((output / "results.json").read_text())
+    rows = {line.split("|")[1].strip(): line for line in text.splitlines() if " ± " in line}
+    from experiments.mini_hawaii.variants import VARIANTS
+
+    for variant, label in VARIANTS.items():
+        run = output / "runs" / f"{variant}-seed0"
+        evaluation = json.loads((run / "eval.json").read_text())
+        cells = NUMBER.findall(rows[label])
+        assert len(cells) == len(COLUMNS)
+        for (mean, std), column in zip(cells, COLUMNS, strict=True):
+            assert float(mean) == pytest.approx(100 * evaluation["accuracy"][column], abs=0.051)
+            assert float(std) == 0.0
+            assert results["table"][variant][column] == [evaluation["accuracy"][column]]
+        hits = [a["correct"] for a in evaluation["answers"]]
+        assert evaluation["accuracy"]["overall"] == pytest.approx(sum(hits) / len(hits))
+    for expert in results["experts"]:
+        assert f"| {expert['name']} | {expert['kind']} |" in text
+    # a rerun reuses every phase and reports the same table
+    again = demo.main(["--quick", "--output-dir", str(output)])
+    assert [l for l in again.read_text().splitlines() if " ± " in l] == [l for l in text.splitlines() if " ± " in l]
