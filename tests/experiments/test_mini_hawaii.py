@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import stat
 import sys
@@ -112,18 +113,34 @@ def test_options_out_of_range_are_argparse_errors(argv, message, capsys) -> None
     assert message in capsys.readouterr().err
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="POSIX permissions")
-def test_unwritable_output_directory_is_a_clear_error(tmp_path: Path) -> None:
+def test_output_directory_under_a_file_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    with pytest.raises(KdkitError, match=r"cannot write to the output directory .*a_file/demo .*--output-dir"):
+        prepare_output(blocker / "demo", PROFILES["quick"])
+
+
+@pytest.mark.skipif(sys.platform == "win32" or os.geteuid() == 0, reason="POSIX permissions (root ignores them)")
+def test_read_only_output_directory_is_a_clear_error(tmp_path: Path) -> None:
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(stat.S_IRUSR | stat.S_IXUSR)
     try:
-        if (locked / "probe").parent.stat().st_mode & stat.S_IWUSR:
-            pytest.skip("cannot make a read-only directory here")
         with pytest.raises(KdkitError, match=r"cannot write to the output directory .*locked.*--output-dir"):
             prepare_output(locked / "demo", PROFILES["quick"])
     finally:
         locked.chmod(stat.S_IRWXU)
+
+
+def test_cli_prints_a_user_error_without_traceback(tmp_path: Path, monkeypatch, capsys) -> None:
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    monkeypatch.setattr(sys, "argv", ["mini_hawaii", "--quick", "--output-dir", str(blocker / "demo")])
+    with pytest.raises(SystemExit) as exc:
+        demo.cli()
+    assert exc.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot write to the output directory") and "Traceback" not in err
 
 
 def test_output_directory_of_other_settings_or_foreign_content_is_refused(tmp_path: Path) -> None:

@@ -1,0 +1,183 @@
+"""The demo's phases (world, experts, runs), each resumable: finished work leaves a marker and is reused.
+
+Independent jobs (the three experts, the variant x seed runs) run in ``jobs`` fresh worker
+processes with one thread each, so two cores do two jobs at once and each job's peak memory is
+its own process's.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import resource
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kdkit.errors import KdkitError
+
+from experiments.mini_hawaii.variants import VARIANTS, Job, run_job
+from experiments.mini_hawaii.world import WorldFiles, vocabulary_words, write_world
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Sizes and budgets of one demo profile (every variant gets the same budget and seeds)."""
+
+    name: str
+    train_images: int
+    test_images: int
+    seeds: int
+    expert_steps: dict[str, int]
+    pretrain_steps: int
+    finetune_steps: int
+    batch: int
+    world_seed: int = 0
+
+
+PROFILES: dict[str, Profile] = {
+    "quick": Profile("quick", train_images=96, test_images=24, seeds=1,
+                     expert_steps={"clip": 10, "convnext": 10, "eva02": 10}, pretrain_steps=3, finetune_steps=6, batch=8),
+    "default": Profile("default", train_images=1000, test_images=200, seeds=2,
+                       expert_steps={"clip": 100, "convnext": 300, "eva02": 300}, pretrain_steps=32, finetune_steps=250,
+                       batch=16),
+    "full": Profile("full", train_images=1000, test_images=200, seeds=5,
+                    expert_steps={"clip": 100, "convnext": 300, "eva02": 300}, pretrain_steps=32, finetune_steps=250,
+                    batch=16),
+}
+
+SETTINGS = "demo.json"
+
+
+@dataclass
+class Phase:
+    """Wall time and peak resident memory of one phase (the largest process that worked on it)."""
+
+    name: str
+    seconds: float = 0.0
+    peak_rss_mib: float = 0.0
+    processes: int = 1
+    reused: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def _rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def prepare_output(output: Path, profile: Profile) -> None:
+    """Create ``output`` (or reuse one written with the SAME settings) and record the settings.
+
+    Raises:
+        KdkitError: the directory cannot be written, or it holds a demo run with other settings.
+    """
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        probe = output / ".write-test"
+        probe.write_text("", encoding="utf-8")
+        probe.unlink()
+    except OSError as exc:
+        raise KdkitError(f"cannot write to the output directory {output} ({exc.strerror or exc}); "
+                         "choose a writable one with --output-dir") from None
+    settings = output / SETTINGS
+    wanted = asdict(profile)
+    if settings.is_file():
+        held = json.loads(settings.read_text(encoding="utf-8"))
+        if held != wanted:
+            differ = sorted(k for k in wanted if held.get(k) != wanted[k])
+            raise KdkitError(f"{output} holds a demo run with other settings ({', '.join(differ)} differ); rerun "
+                             "with the same options to resume it, or choose another --output-dir")
+    elif any(p.name != ".write-test" for p in output.iterdir()):
+        raise KdkitError(f"{output} is not empty and holds no demo run ({SETTINGS} is missing); choose another "
+                         "--output-dir")
+    settings.write_text(json.dumps(wanted, indent=1) + "\n", encoding="utf-8")
+
+
+def world_phase(data_root: Path, profile: Profile) -> tuple[WorldFiles, Phase]:
+    """Write the world once (a ``done`` marker makes a rerun reuse it)."""
+    phase = Phase("world")
+    started = time.perf_counter()
+    marker = data_root / "world" / "done"
+    files = WorldFiles(data_root)
+    if marker.is_file():
+        phase.reused = 1
+    else:
+        files = write_world(data_root, profile.world_seed, profile.train_images, profile.test_images)
+        marker.write_text("ok\n", encoding="utf-8")
+    phase.seconds, phase.peak_rss_mib = time.perf_counter() - started, _rss_mib()
+    return files, phase
+
+
+def _pool(jobs: int) -> ProcessPoolExecutor:
+    return ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                               max_tasks_per_child=1)
+
+
+def _expert_task(name: str, block: dict[str, Any], data_root: str, steps: int, threads: int) -> dict[str, Any]:
+    """One expert in a worker process: train, save, measure; writes ``teachers/<name>/expert.json``."""
+    import torch
+
+    from experiments.mini_hawaii.experts import checkpoint_dir, load_split, train_expert
+
+    torch.set_num_threads(threads)
+    root = Path(data_root)
+    files = WorldFiles(root)
+    result = train_expert(name, block, root, load_split(files, "train"), load_split(files, "test"), steps=steps)
+    record = {**result.as_dict(), "peak_rss_mib": _rss_mib()}
+    (root / checkpoint_dir(name) / "expert.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    return record
+
+
+def teacher_blocks() -> dict[str, dict[str, Any]]:
+    """The demo's teacher blocks (plugin fields only) from ``recipes/demo/_teachers.yaml``."""
+    import yaml
+
+    from experiments.mini_hawaii.variants import RECIPES
+
+    teachers = yaml.safe_load((RECIPES / "_teachers.yaml").read_text(encoding="utf-8"))["teachers"]
+    return {name: {k: v for k, v in block.items() if k != "align"} for name, block in teachers.items()}
+
+
+def _run_all(tasks: Iterable[tuple[Callable[..., dict[str, Any]], tuple[Any, ...]]], jobs: int) -> list[dict[str, Any]]:
+    tasks = list(tasks)
+    if not tasks:
+        return []
+    with _pool(jobs) as pool:
+        futures = [pool.submit(fn, *args) for fn, args in tasks]
+        return [f.result() for f in futures]
+
+
+def experts_phase(data_root: Path, profile: Profile, jobs: int) -> tuple[list[dict[str, Any]], Phase]:
+    """Train the experts not trained yet (in parallel); returns every expert's record."""
+    from experiments.mini_hawaii.experts import checkpoint_dir
+
+    phase = Phase("experts", processes=jobs)
+    started = time.perf_counter()
+    blocks = teacher_blocks()
+    threads = 1 if jobs > 1 else 2
+    todo = [name for name in blocks if not (data_root / checkpoint_dir(name) / "expert.json").is_file()]
+    phase.reused = len(blocks) - len(todo)
+    _run_all(((_expert_task, (n, blocks[n], str(data_root), profile.expert_steps[n], threads)) for n in todo), jobs)
+    records = [json.loads((data_root / checkpoint_dir(n) / "expert.json").read_text(encoding="utf-8")) for n in blocks]
+    phase.seconds = time.perf_counter() - started
+    phase.peak_rss_mib = max(r["peak_rss_mib"] for r in records)
+    return records, phase
+
+
+def runs_phase(data_root: Path, runs_dir: Path, profile: Profile, jobs: int) -> tuple[list[dict[str, Any]], Phase]:
+    """Train, export and evaluate every variant x seed (finished jobs are reused, half-done ones resume)."""
+    phase = Phase("student runs", processes=jobs)
+    started = time.perf_counter()
+    words = vocabulary_words()
+    threads = 1 if jobs > 1 else 2
+    all_jobs = [Job(v, s, data_root, runs_dir, profile.pretrain_steps, profile.finetune_steps, profile.batch)
+                for s in range(profile.seeds) for v in VARIANTS]
+    phase.reused = sum((j.run_dir / "job.json").is_file() for j in all_jobs)
+    summaries = _run_all(((run_job, (j, words, threads)) for j in all_jobs), jobs)
+    phase.seconds = time.perf_counter() - started
+    phase.peak_rss_mib = max(s["peak_rss_mib"] for s in summaries)
+    phase.notes = [f"{sum(not s.get('resumed') for s in summaries)} runs", f"{len(VARIANTS)} variants x {profile.seeds} seeds"]
+    return summaries, phase

@@ -1,0 +1,171 @@
+"""The demo's report: ``report.md`` + PNGs + ``results.json``, every number computed from this run's files.
+
+The table is the paper's ablation table (Table 2) in miniature; loss curves and expert usage reuse
+the engine's own plots (:mod:`kdkit.engine.report`) on each run's ``metrics.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from kdkit.engine.monitor import read_metrics
+from kdkit.engine.report import mean_usage, plot_losses, plot_usage
+
+from experiments.mini_hawaii.evaluate import read_jsonl
+from experiments.mini_hawaii.pipeline import Phase, Profile
+from experiments.mini_hawaii.variants import VARIANTS
+from experiments.mini_hawaii.world import ASPECTS, QUESTIONS, WorldFiles
+
+COLUMNS: tuple[str, ...] = (*QUESTIONS, "overall")
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def table(summaries: Sequence[dict[str, Any]]) -> dict[str, dict[str, list[float]]]:
+    """``{variant: {column: [accuracy per seed]}}`` in seed order."""
+    found: dict[str, dict[str, list[float]]] = {v: {c: [] for c in COLUMNS} for v in VARIANTS}
+    for s in sorted(summaries, key=lambda s: s["seed"]):
+        for column in COLUMNS:
+            found[s["variant"]][column].append(s["accuracy"][column])
+    return found
+
+
+def chance(files: WorldFiles) -> dict[str, float]:
+    """Accuracy of always giving each type's most frequent test answer (and overall)."""
+    questions = {q["question_id"]: q["category"] for q in read_jsonl(files.path("questions"))}
+    by_type: dict[str, dict[str, int]] = {}
+    for a in read_jsonl(files.path("answers")):
+        counts = by_type.setdefault(questions[a["question_id"]], {})
+        counts[a["answer"]] = counts.get(a["answer"], 0) + 1
+    best = {t: max(c.values()) / sum(c.values()) for t, c in by_type.items()}
+    best["overall"] = sum(max(c.values()) for c in by_type.values()) / sum(sum(c.values()) for c in by_type.values())
+    return best
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.1f}"
+
+
+def _md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+
+
+def verdict(results: dict[str, dict[str, list[float]]]) -> list[str]:
+    """Plain sentences comparing each KD row's overall accuracy with the baseline's (in points)."""
+    base_mean, base_std = mean_std(results["baseline"]["overall"])
+    lines = []
+    for variant, label in list(VARIANTS.items())[1:]:
+        mean, std = mean_std(results[variant]["overall"])
+        delta = 100 * (mean - base_mean)
+        noise = 100 * max(std, base_std)
+        if delta > noise and delta > 0:
+            word = "helps"
+        elif delta < -noise:
+            word = "HURTS"
+        else:
+            word = "makes no difference beyond the spread over seeds"
+        lines.append(f"- **{label}** vs the baseline: {delta:+.1f} points overall (spread ±{noise:.1f}): "
+                     f"distillation {word} here.")
+    return lines
+
+
+def _plots(output: Path, summaries: Sequence[dict[str, Any]]) -> list[str]:
+    """Loss curves per variant (seed 0) and expert usage of the HAWAII run; returns markdown lines."""
+    import matplotlib.pyplot as plt
+
+    lines: list[str] = ["## Loss curves (seed 0, every term unweighted, both stages)", ""]
+    first = {s["variant"]: s for s in summaries if s["seed"] == 0}
+    for variant, label in VARIANTS.items():
+        records = read_metrics(Path(first[variant]["run_dir"]))
+        if records:
+            plot_losses(records, output / f"losses_{variant}.png")
+            lines += [f"**{label}** (`{variant}`)", "", f"![losses {variant}](losses_{variant}.png)", ""]
+    hawaii = read_metrics(Path(first["hawaii"]["run_dir"]))
+    stages = list(dict.fromkeys(r["stage"] for r in hawaii))
+    usage = mean_usage([r for r in hawaii if r["stage"] == stages[-1]]) if stages else {}
+    lines += ["## Expert usage per block (HAWAII, seed 0, last stage, training batches)", ""]
+    for group, blocks in usage.items():
+        plot_usage(group, blocks, output / f"routing_{group}.png")
+        lines += [f"![expert usage, {group} router](routing_{group}.png)", ""]
+    plt.close("all")
+    return lines
+
+
+def _routing_lines(summaries: Sequence[dict[str, Any]]) -> list[str]:
+    """Teacher-router choices by image content for the HAWAII runs (mean over seeds)."""
+    runs = [s["routing"] for s in summaries if s["variant"] == "hawaii" and s.get("routing")]
+    if not runs:
+        return []
+    teachers = runs[0]["teachers"]
+    lines = ["## Which teacher expert the images route to", "",
+             "The teacher router decides per IMAGE TOKEN inside the vision tower, which never sees the question, "
+             "so routing reflects image content only. In this world every test image is asked all four question "
+             "types, so each question type's images route identically; the table therefore groups the held-out "
+             "images by their content (fraction of image tokens, all blocks, sent to each teacher's expert; "
+             "HAWAII runs, mean over seeds).", ""]
+    rows = []
+    for aspect in ASPECTS:
+        for value in runs[0]["by_value"].get(aspect, {}):
+            fractions = [statistics.fmean(r["by_value"][aspect][value][k] for r in runs) for k in range(len(teachers))]
+            top = teachers[max(range(len(teachers)), key=lambda k: fractions[k])]
+            rows.append([aspect, value, *(_pct(f) for f in fractions), top])
+    return lines + _md_table(["aspect", "image content", *(f"{t} %" for t in teachers), "most used"], rows) + [""]
+
+
+def write_report(output: Path, profile: Profile, files: WorldFiles, experts: Sequence[dict[str, Any]],
+                 summaries: Sequence[dict[str, Any]], phases: Sequence[Phase]) -> Path:
+    """Write ``report.md``, its PNGs and ``results.json`` into ``output``; returns the report's path."""
+    results = table(summaries)
+    floor = chance(files)
+    n_seeds = profile.seeds
+    questions = len(read_jsonl(files.path("questions")))
+    lines = ["# Mini-HAWAII: distilling three expert teachers into a tiny LLaVA", "",
+             f"Profile `{profile.name}`: {profile.train_images} training images ({4 * profile.train_images} "
+             f"question-answer turns, {profile.train_images} captions), {profile.test_images} held-out images "
+             f"({questions} questions), {n_seeds} seed(s) per row, the same budget for every row: stage 1 "
+             f"{profile.pretrain_steps} steps, stage 2 {profile.finetune_steps} steps of {profile.batch} conversations.",
+             "",
+             "The student starts from NOTHING pretrained: a random-init CLIP tower (a deliberately weak tower) and a "
+             "random-init Llama. The teachers were trained here, each on one aspect of the world. KD losses use "
+             "RADIO-style student heads onto the fixed teacher tokens (`guard: student_heads`), because the paper's "
+             "learned teacher-side projection can collapse (both sides drift to a constant).", "",
+             "## The experts (held-out accuracy on their own aspect)", ""]
+    rows = [[e["name"], e["kind"], ", ".join(e["aspects"]), ", ".join(f"{a} {_pct(e['accuracy'][a])}" for a in e["aspects"]),
+             ", ".join(_pct(e["chance"][a]) for a in e["aspects"]), e["steps"], f"{e['seconds']:.0f}", f"{e['parameters']:,}"]
+            for e in experts]
+    lines += _md_table(["teacher", "library", "aspect", "accuracy %", "majority class %", "steps", "seconds",
+                        "parameters"], rows)
+    lines += ["", f"## Held-out accuracy (exact match, %, mean ± std over {n_seeds} seed(s))", ""]
+    rows = [["majority answer", *(_pct(floor[c]) for c in COLUMNS)]]
+    for variant, label in VARIANTS.items():
+        cells = []
+        for column in COLUMNS:
+            mean, std = mean_std(results[variant][column])
+            cells.append(f"{_pct(mean)} ± {_pct(std)}")
+        rows.append([label, *cells])
+    lines += _md_table(["", *COLUMNS], rows) + ["", *verdict(results), ""]
+    lines += _plots(output, summaries)
+    lines += _routing_lines(summaries)
+    lines += ["## Time and memory", ""]
+    rows = [[p.name, f"{p.seconds:.1f}", p.processes, f"{p.peak_rss_mib:.0f}", p.reused, "; ".join(p.notes)] for p in phases]
+    total = sum(p.seconds for p in phases)
+    lines += _md_table(["phase", "wall seconds", "worker processes", "peak RSS of one process (MiB)", "reused",
+                        "notes"], rows)
+    lines += ["", f"Total wall time: {total:.1f} s. Per run (train + export + eval, seconds):", ""]
+    rows = [[s["variant"], s["seed"], f"{s['train_seconds']:.1f}", f"{s['eval_seconds']:.1f}", f"{s['peak_rss_mib']:.0f}"]
+            for s in summaries]
+    lines += _md_table(["variant", "seed", "train s", "export + eval s", "peak RSS MiB"], rows) + [""]
+    report = output / "report.md"
+    report.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    payload = {"profile": profile.name, "table": results, "chance": floor, "experts": list(experts),
+               "runs": list(summaries), "phases": [p.__dict__ for p in phases]}
+    (output / "results.json").write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
+    return report
