@@ -36,7 +36,7 @@ class FeatureConfig(PluginConfig):
     detach_target: bool = Field(False, description="Stop gradients into the target (and the projections that made it).")
     token_weights: Literal["uniform", "scorer"] = Field(
         "uniform", description="`uniform`: every token counts 1/m; `scorer`: token k of teacher i counts "
-        "step.scores[i][k] (the recipe's scorer, e.g. cls_attention for the MoVE-KD baseline).")
+        "`step.scores[i][k]` (the recipe's scorer, e.g. cls_attention for the MoVE-KD baseline).")
 
 
 class FeatureLoss:
