@@ -15,7 +15,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=3, help="seeds of each student (default 3)")
     parser.add_argument("--quick", action="store_true", help="4 steps per run: checks the pipeline in about a minute")
     parser.add_argument("--output-dir", type=Path, default=Path("runs/digits"), help="default runs/digits")
-    parser.add_argument("--teachers-from", type=Path, help="reuse the teachers of an earlier experiment's output dir")
+    parser.add_argument("--teachers-from", type=Path, help="reuse the teachers and student-alone runs of an earlier experiment's output dir")
     parser.add_argument("--distill-set", action="append", default=[], metavar="PATH=VALUE",
                         help="override a value of the distilled recipe only, e.g. losses.fine.weight=1.0 (repeatable)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; 1 is faster on a busy machine)")

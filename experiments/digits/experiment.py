@@ -93,7 +93,8 @@ def run_experiment(output_dir: Path, seeds: int = 3, budget: Budget = FULL, dist
         seeds: Seeds of each student run (0 .. seeds-1).
         budget: Training length of every run.
         distill_overrides: ``--set`` overrides of the distilled recipe only (loss weights, layers...).
-        teachers_from: The output directory of an earlier experiment whose teachers to reuse.
+        teachers_from: The output directory of an earlier experiment whose teachers (and student-alone runs,
+            which no distillation override changes) to reuse.
         log: Where progress lines go.
     """
     started = time.perf_counter()
@@ -115,10 +116,10 @@ def run_experiment(output_dir: Path, seeds: int = 3, budget: Budget = FULL, dist
         log(f"teacher {name}: test accuracy {results.teachers[name]['accuracy']:.4f}")
     for seed in range(seeds):
         common = [f"runtime.seed={seed}", f"runtime.data_root={data_root}", *budget.overrides(teacher=False)]
-        for role, recipe, extra in (("alone", "digits_student_alone.yaml", ()),
-                                    ("distilled", "digits_3teachers.yaml", tuple(distill_overrides))):
+        for role, recipe, extra, where in (("alone", "digits_student_alone.yaml", (), source / "runs"),
+                                           ("distilled", "digits_3teachers.yaml", tuple(distill_overrides), runs)):
             log(f"student {role}, seed {seed}")
-            result = train_and_evaluate(RECIPES / recipe, runs / f"{role}_seed{seed}", [*common, *extra], dataset)
+            result = train_and_evaluate(RECIPES / recipe, where / f"{role}_seed{seed}", [*common, *extra], dataset)
             getattr(results, role).append(result)
             log(f"student {role}, seed {seed}: test accuracy {result['accuracy']:.4f}")
     results.wall_s = time.perf_counter() - started

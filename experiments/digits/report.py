@@ -45,6 +45,8 @@ def curves(run_dir: Path, term: str) -> tuple[list[int], list[float]]:
 
 def plot(results: Results, runs: Path, path: Path) -> None:
     """Accuracy bars (mean ± std over seeds) and the loss curves of seed 0."""
+    source = results.settings.get("teachers_from")
+    alone_runs = Path(source) / "runs" if source else runs  # reused baselines live with the reused teachers
     import matplotlib
 
     matplotlib.use("Agg")
@@ -68,11 +70,11 @@ def plot(results: Results, runs: Path, path: Path) -> None:
     bars.set_ylim(max(0.0, low - 10), 100)
     bars.set_ylabel("test accuracy (%)")
     bars.set_title(f"digits test split, mean ± std over {len(results.alone)} seeds")
-    for label, run, term in (("alone: task", "alone_seed0", "task"), ("distilled: task", "distilled_seed0", "task"),
-                             ("distilled: fine", "distilled_seed0", "fine"), ("distilled: coarse", "distilled_seed0", "coarse")):
-        steps, values = curves(runs / run, term)
+    for where, run, term in ((alone_runs, "alone_seed0", "task"), (runs, "distilled_seed0", "task"),
+                             (runs, "distilled_seed0", "fine"), (runs, "distilled_seed0", "coarse")):
+        steps, values = curves(where / run, term)
         if values:
-            losses.plot(steps, values, label=label)
+            losses.plot(steps, values, label=f"{run.split('_')[0]}: {term}")
     losses.set_xlabel("optimizer step")
     losses.set_ylabel("loss (unweighted)")
     losses.set_yscale("log")
