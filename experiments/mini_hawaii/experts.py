@@ -9,6 +9,7 @@ aspect. Each expert's held-out accuracy is measured through a fresh load of the 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -44,7 +45,11 @@ def write_open_clip(directory: Path, block: Mapping[str, Any], visual: nn.Module
 
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "open_clip_config.json").write_text(json.dumps(OPEN_CLIP_CONFIG, indent=2), encoding="utf-8")
-    model = open_clip.create_model(f"local-dir:{directory}", load_weights=False, pretrained_text=False)
+    logging.disable(logging.WARNING)  # open_clip warns that the (deliberately) fresh model has no weights
+    try:
+        model = open_clip.create_model(f"local-dir:{directory}", load_weights=False, pretrained_text=False)
+    finally:
+        logging.disable(logging.NOTSET)
     if visual is not None:
         model.visual.load_state_dict(visual.state_dict())
     save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()},
@@ -153,7 +158,7 @@ def train_expert(name: str, block: Mapping[str, Any], data_root: Path, train: tu
     head = Head(teacher.out_spec.channels, sum(len(ASPECTS[a]) for a in aspects))
     params = [*backbone.parameters(), *head.parameters()]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
     images, labels = train
     order = torch.Generator().manual_seed(seed)
     for _ in range(steps):

@@ -19,7 +19,7 @@ from typing import Any
 
 from kdkit.errors import KdkitError
 
-from experiments.mini_hawaii.variants import VARIANTS, Job, run_job
+from experiments.mini_hawaii.variants import VARIANTS, Job, cpu_seconds, run_job
 from experiments.mini_hawaii.world import WorldFiles, vocabulary_words, write_world
 
 
@@ -58,6 +58,7 @@ class Phase:
 
     name: str
     seconds: float = 0.0
+    cpu_seconds: float = 0.0
     peak_rss_mib: float = 0.0
     processes: int = 1
     reused: int = 0
@@ -108,6 +109,7 @@ def world_phase(data_root: Path, profile: Profile) -> tuple[WorldFiles, Phase]:
         files = write_world(data_root, profile.world_seed, profile.train_images, profile.test_images)
         marker.write_text("ok\n", encoding="utf-8")
     phase.seconds, phase.peak_rss_mib = time.perf_counter() - started, _rss_mib()
+    phase.cpu_seconds = cpu_seconds()
     return files, phase
 
 
@@ -126,7 +128,7 @@ def _expert_task(name: str, block: dict[str, Any], data_root: str, steps: int, t
     root = Path(data_root)
     files = WorldFiles(root)
     result = train_expert(name, block, root, load_split(files, "train"), load_split(files, "test"), steps=steps)
-    record = {**result.as_dict(), "peak_rss_mib": _rss_mib()}
+    record = {**result.as_dict(), "peak_rss_mib": _rss_mib(), "cpu_seconds": cpu_seconds()}
     (root / checkpoint_dir(name) / "expert.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     return record
 
@@ -163,6 +165,7 @@ def experts_phase(data_root: Path, profile: Profile, jobs: int) -> tuple[list[di
     _run_all(((_expert_task, (n, blocks[n], str(data_root), profile.expert_steps[n], threads)) for n in todo), jobs)
     records = [json.loads((data_root / checkpoint_dir(n) / "expert.json").read_text(encoding="utf-8")) for n in blocks]
     phase.seconds = time.perf_counter() - started
+    phase.cpu_seconds = sum(r["cpu_seconds"] for r in records)
     phase.peak_rss_mib = max(r["peak_rss_mib"] for r in records)
     return records, phase
 
@@ -178,6 +181,7 @@ def runs_phase(data_root: Path, runs_dir: Path, profile: Profile, jobs: int) -> 
     phase.reused = sum((j.run_dir / "job.json").is_file() for j in all_jobs)
     summaries = _run_all(((run_job, (j, words, threads)) for j in all_jobs), jobs)
     phase.seconds = time.perf_counter() - started
+    phase.cpu_seconds = sum(s["cpu_seconds"] for s in summaries)
     phase.peak_rss_mib = max(s["peak_rss_mib"] for s in summaries)
     phase.notes = [f"{sum(not s.get('resumed') for s in summaries)} runs", f"{len(VARIANTS)} variants x {profile.seeds} seeds"]
     return summaries, phase

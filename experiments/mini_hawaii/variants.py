@@ -88,6 +88,12 @@ class Job:
 DONE = "job.json"
 
 
+def cpu_seconds() -> float:
+    """CPU time (user + system) this process has used: its wall time on a core of its own, with one thread."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_job(job: Job, words: list[str], threads: int = 1) -> dict[str, Any]:
     """Train, export and evaluate one job (resumes a half-done run); returns and saves its summary.
 
@@ -129,7 +135,8 @@ def run_job(job: Job, words: list[str], threads: int = 1) -> dict[str, Any]:
         "variant": job.variant, "seed": job.seed, "run_dir": str(job.run_dir), "accuracy": results["accuracy"],
         "routing": results.get("routing"), "train_seconds": trained - started,
         "eval_seconds": time.perf_counter() - trained,
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "resumed": resume,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "cpu_seconds": cpu_seconds(),
+        "resumed": resume,
     }
     done.write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     return summary

@@ -169,7 +169,7 @@ def test_quick_profile_end_to_end_and_every_table_number_is_computed(tmp_path: P
     for png in ("losses_baseline.png", "losses_hawaii.png", "routing_teacher.png"):
         assert (output / png).stat().st_size > 1000
     results = json.loads((output / "results.json").read_text())
-    rows = {line.split("|")[1].strip(): line for line in text.splitlines() if " ± " in line}
+    rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("|") and " ± " in line}
     from experiments.mini_hawaii.variants import VARIANTS
 
     for variant, label in VARIANTS.items():
