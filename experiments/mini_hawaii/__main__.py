@@ -16,7 +16,8 @@ from pathlib import Path
 
 from kdkit.errors import KdkitError
 
-from experiments.mini_hawaii.pipeline import PROFILES, experts_phase, prepare_output, runs_phase, world_phase
+from experiments.mini_hawaii.pipeline import (PROFILES, experts_phase, prepare_output, remember, runs_phase,
+                                              world_phase)
 
 MAX_SEEDS = 10
 MAX_JOBS = 8
@@ -70,10 +71,13 @@ def main(argv: list[str] | None = None) -> Path:
     data_root, runs_dir = (output / "data").resolve(), (output / "runs").resolve()
     print(f"mini-HAWAII ({profile.name}): output in {output}", file=sys.stderr)
     files, world = world_phase(data_root, profile)
+    world = remember(output, world, 1)
     print(f"  world: {world.seconds:.1f} s", file=sys.stderr)
     experts, expert_phase = experts_phase(data_root, profile, args.jobs)
+    expert_phase = remember(output, expert_phase, len(experts))
     print(f"  experts: {expert_phase.seconds:.1f} s", file=sys.stderr)
     summaries, runs = runs_phase(data_root, runs_dir, profile, args.jobs)
+    runs = remember(output, runs, len(summaries))
     print(f"  student runs: {runs.seconds:.1f} s", file=sys.stderr)
     started = time.perf_counter()
     from experiments.mini_hawaii.report import write_report

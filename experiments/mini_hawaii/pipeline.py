@@ -65,6 +65,20 @@ class Phase:
     notes: list[str] = field(default_factory=list)
 
 
+def remember(output: Path, phase: Phase, total: int) -> Phase:
+    """Keep the timing of a phase that did work; a phase that only reused work reports its earlier timing."""
+    file = output / f"phase_{phase.name.replace(' ', '_')}.json"
+    if phase.reused >= total and file.is_file():
+        earlier = Phase(**json.loads(file.read_text(encoding="utf-8")))
+        earlier.reused = phase.reused
+        earlier.notes = [*earlier.notes, "timing of the invocation that did the work (reused now)"]
+        return earlier
+    if phase.reused:
+        phase.notes.append(f"{phase.reused} of {total} reused from an earlier invocation")
+    file.write_text(json.dumps(asdict(phase), indent=1) + "\n", encoding="utf-8")
+    return phase
+
+
 def _rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 

@@ -77,6 +77,27 @@ def verdict(results: dict[str, dict[str, list[float]]]) -> list[str]:
     return lines
 
 
+def plot_world(files: WorldFiles, path: Path, count: int = 8) -> None:
+    """The first ``count`` held-out images, each titled with its four answers."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    from experiments.mini_hawaii.world import read_scenes
+
+    scenes = read_scenes(files, "test")[:count]
+    fig, axes = plt.subplots(2, (len(scenes) + 1) // 2, figsize=(2.0 * ((len(scenes) + 1) // 2), 5.4))
+    for ax, scene in zip(axes.flat, scenes):
+        ax.imshow(Image.open(files.path("images") / scene["image"]), interpolation="nearest")
+        ax.set_title("\n".join(f"{a}: {scene[a]}" for a in ASPECTS), fontsize=7)
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def _plots(output: Path, summaries: Sequence[dict[str, Any]]) -> list[str]:
     """Loss curves per variant (seed 0) and expert usage of the HAWAII run; returns markdown lines."""
     import matplotlib.pyplot as plt
@@ -125,6 +146,7 @@ def write_report(output: Path, profile: Profile, files: WorldFiles, experts: Seq
     """Write ``report.md``, its PNGs and ``results.json`` into ``output``; returns the report's path."""
     results = table(summaries)
     floor = chance(files)
+    plot_world(files, output / "world.png")
     n_seeds = profile.seeds
     questions = len(read_jsonl(files.path("questions")))
     lines = ["# Mini-HAWAII: distilling three expert teachers into a tiny LLaVA", "",
@@ -137,7 +159,8 @@ def write_report(output: Path, profile: Profile, files: WorldFiles, experts: Seq
              "random-init Llama. The teachers were trained here, each on one aspect of the world. KD losses use "
              "RADIO-style student heads onto the fixed teacher tokens (`guard: student_heads`), because the paper's "
              "learned teacher-side projection can collapse (both sides drift to a constant).", "",
-             "## The experts (held-out accuracy on their own aspect)", ""]
+             "## The world", "", "Held-out images with their answers (32 x 32 pixels, shown enlarged):", "",
+             "![held-out images](world.png)", "", "## The experts (held-out accuracy on their own aspect)", ""]
     rows = [[e["name"], e["kind"], ", ".join(e["aspects"]), ", ".join(f"{a} {_pct(e['accuracy'][a])}" for a in e["aspects"]),
              ", ".join(_pct(e["chance"][a]) for a in e["aspects"]), e["steps"], f"{e['seconds']:.0f}", f"{e['parameters']:,}"]
             for e in experts]
