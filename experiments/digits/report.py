@@ -58,7 +58,7 @@ def plot(results: Results, runs: Path, path: Path) -> None:
         if name in results.teachers:
             labels.append(f"teacher\n{name}")
             heights.append(100 * results.teachers[name]["accuracy"])
-            errors.append(0.0)
+            errors.append(float("nan"))  # one run: no error bar
     for label, group in (("student\nalone", results.alone), ("student\ndistilled", results.distilled)):
         if group:
             mean, std = mean_std([100 * r["accuracy"] for r in group])

@@ -64,7 +64,7 @@ def test_quick_run_end_to_end(tmp_path, capsys) -> None:
 
     assert main(["--quick", "--seeds", "2", "--threads", "1", "--output-dir", str(tmp_path)]) == 0
     report = (tmp_path / "report.md").read_text()
-    assert report == capsys.readouterr().out.rstrip("\n") + "\n" or "| student alone |" in report
+    assert capsys.readouterr().out.startswith(report)  # the report is printed too
     for name in ("resnet", "convnext", "vit"):
         assert re.search(rf"\| teacher `{name}` \| \d+\.\d\d \| 1 \|", report)
         assert (tmp_path / "data" / "teachers" / name / "model.safetensors").is_file()
