@@ -98,6 +98,21 @@ def plot_world(files: WorldFiles, path: Path, count: int = 8) -> None:
     plt.close(fig)
 
 
+def learned(results: dict[str, dict[str, list[float]]], floor: dict[str, float], margin: float = 0.05) -> list[str]:
+    """Per question type, the rows whose mean beats the majority answer by more than ``margin``, as sentences."""
+    lines = []
+    for column in QUESTIONS:
+        above = [VARIANTS[v] for v in VARIANTS if mean_std(results[v][column])[0] > floor[column] + margin]
+        if above:
+            lines.append(f"- **{column}**: above the majority answer (by more than {100 * margin:.0f} points) in: "
+                         + "; ".join(above) + ".")
+        else:
+            lines.append(f"- **{column}**: NO row beats always giving the majority answer by more than "
+                         f"{100 * margin:.0f} points: the student did not learn it in this budget, with or without "
+                         "teachers.")
+    return lines
+
+
 def _plots(output: Path, summaries: Sequence[dict[str, Any]]) -> list[str]:
     """Loss curves per variant (seed 0) and expert usage of the HAWAII run; returns markdown lines."""
     import matplotlib.pyplot as plt
@@ -116,6 +131,10 @@ def _plots(output: Path, summaries: Sequence[dict[str, Any]]) -> list[str]:
     for group, blocks in usage.items():
         plot_usage(group, blocks, output / f"routing_{group}.png")
         lines += [f"![expert usage, {group} router](routing_{group}.png)", ""]
+    names = ", ".join(f"{k} = {name}" for k, name in enumerate(first["hawaii"]["routing"]["teachers"])) \
+        if first["hawaii"].get("routing") else ""
+    if names:
+        lines += [f"Teacher experts in recipe order: {names}. A balance loss near 1 keeps routers near uniform.", ""]
     plt.close("all")
     return lines
 
@@ -174,7 +193,8 @@ def write_report(output: Path, profile: Profile, files: WorldFiles, experts: Seq
             mean, std = mean_std(results[variant][column])
             cells.append(f"{_pct(mean)} ± {_pct(std)}")
         rows.append([label, *cells])
-    lines += _md_table(["", *COLUMNS], rows) + ["", *verdict(results), ""]
+    lines += _md_table(["", *COLUMNS], rows) + ["", *verdict(results), "", "Where the difference comes from:", "",
+                                                *learned(results, floor), ""]
     lines += _plots(output, summaries)
     lines += _routing_lines(summaries)
     lines += ["## Time and memory", ""]
