@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 from kdkit.engine.monitor import read_metrics
-from kdkit.engine.tiny import prepare_tiny
+from kdkit_plugins.fixtures.timm_two_teachers import write_tiny_timm_two_teachers
 
 RECIPE = Path(__file__).parents[1] / "recipes" / "tiny" / "timm_two_teachers.yaml"
 #: name: (processes, threads per process)
@@ -102,7 +102,7 @@ def main() -> None:
     started = time.perf_counter()
     results: dict[str, list[dict[str, float]]] = {name: [] for name in CONFIGS}
     with tempfile.TemporaryDirectory() as tmp:
-        root = prepare_tiny(Path(tmp) / "data")
+        root = write_tiny_timm_two_teachers(Path(tmp) / "data")
         for repeat in range(args.repeats):
             for name, (processes, threads) in CONFIGS.items():
                 out = Path(tmp) / f"{name.replace(' ', '')}-{repeat}"

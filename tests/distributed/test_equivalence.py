@@ -28,7 +28,7 @@ import torch
 from kdkit.engine.checkpoint import list_checkpoints, load_checkpoint, read_weights
 from kdkit.engine.monitor import read_metrics
 from kdkit.engine.run import run_recipe
-from kdkit.engine.tiny import prepare_tiny
+from kdkit_plugins.fixtures.timm_two_teachers import write_tiny_timm_two_teachers
 
 RECIPE = Path(__file__).parents[2] / "recipes" / "tiny" / "timm_two_teachers.yaml"
 SETTINGS = [
@@ -48,7 +48,7 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory) -> Path:
-    return prepare_tiny(tmp_path_factory.mktemp("tiny_data"))
+    return write_tiny_timm_two_teachers(tmp_path_factory.mktemp("tiny_data"))
 
 
 @pytest.fixture(scope="module")

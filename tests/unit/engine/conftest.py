@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from kdkit.engine.tiny import prepare_tiny
+from kdkit_plugins.fixtures.timm_two_teachers import write_tiny_timm_two_teachers
 
 RECIPE = Path(__file__).parents[3] / "recipes" / "tiny" / "timm_two_teachers.yaml"
 
@@ -23,7 +23,7 @@ FAST = [
 @pytest.fixture(scope="session")
 def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A data root holding the tiny recipe's teacher files."""
-    return prepare_tiny(tmp_path_factory.mktemp("tiny_data"))
+    return write_tiny_timm_two_teachers(tmp_path_factory.mktemp("tiny_data"))
 
 
 @pytest.fixture(scope="session")
