@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import stat
 import sys
 from pathlib import Path
@@ -185,6 +186,15 @@ def test_quick_profile_end_to_end_and_every_table_number_is_computed(tmp_path: P
         assert evaluation["accuracy"]["overall"] == pytest.approx(sum(hits) / len(hits))
     for expert in results["experts"]:
         assert f"| {expert['name']} | {expert['kind']} |" in text
+    table_lines = [line for line in text.splitlines() if " ± " in line]
     # a rerun reuses every phase and reports the same table
     again = demo.main(["--quick", "--output-dir", str(output)])
-    assert [l for l in again.read_text().splitlines() if " ± " in l] == [l for l in text.splitlines() if " ± " in l]
+    assert [line for line in again.read_text().splitlines() if " ± " in line] == table_lines
+    # an interrupted job (trained, not evaluated) resumes from its checkpoint and gives the same answers
+    hawaii = output / "runs" / "hawaii-seed0"
+    for name in ("job.json", "eval.json"):
+        (hawaii / name).unlink()
+    shutil.rmtree(hawaii / "export")
+    resumed = demo.main(["--quick", "--output-dir", str(output)])
+    assert json.loads((hawaii / "job.json").read_text())["resumed"] is True
+    assert [line for line in resumed.read_text().splitlines() if " ± " in line] == table_lines
