@@ -42,10 +42,10 @@ PROFILES: dict[str, Profile] = {
     "quick": Profile("quick", train_images=96, test_images=24, seeds=1,
                      expert_steps={"clip": 10, "convnext": 10, "eva02": 10}, pretrain_steps=3, finetune_steps=6, batch=8),
     "default": Profile("default", train_images=1000, test_images=200, seeds=2,
-                       expert_steps={"clip": 100, "convnext": 300, "eva02": 300}, pretrain_steps=32, finetune_steps=250,
+                       expert_steps={"clip": 100, "convnext": 300, "eva02": 300}, pretrain_steps=32, finetune_steps=600,
                        batch=16),
     "full": Profile("full", train_images=1000, test_images=200, seeds=5,
-                    expert_steps={"clip": 100, "convnext": 300, "eva02": 300}, pretrain_steps=32, finetune_steps=250,
+                    expert_steps={"clip": 100, "convnext": 300, "eva02": 300}, pretrain_steps=32, finetune_steps=600,
                     batch=16),
 }
 
