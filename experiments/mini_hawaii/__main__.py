@@ -39,7 +39,8 @@ def _bounded(name: str, low: int, high: int) -> type:
 
 def parser() -> argparse.ArgumentParser:
     """The command line."""
-    p = argparse.ArgumentParser(prog="python -m experiments.mini_hawaii", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m experiments.mini_hawaii", description="The mini-HAWAII demo: a "
+                                "synthetic visual-QA world, three expert teachers, four ablation rows, a report.")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="a tiny smoke profile for tests (1 seed, a few steps)")
     size.add_argument("--full", action="store_true", help="more seeds (5) for tighter error bars")

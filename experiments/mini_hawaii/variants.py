@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import resource
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,16 +117,12 @@ def run_job(job: Job, words: list[str], threads: int = 1) -> dict[str, Any]:
     if resume and not any((job.run_dir / "checkpoints").iterdir()):
         resume = False
     if not resume and job.run_dir.exists():  # died before its first checkpoint: start it again
-        import shutil
-
         shutil.rmtree(job.run_dir)
     run_recipe(RECIPES / f"{job.variant}.yaml", overrides, resume=resume, tensorboard=False, progress=False,
                report=False)
     trained = time.perf_counter()
     export = job.run_dir / "export"
-    if export.exists():
-        import shutil
-
+    if export.exists():  # a job that died while exporting
         shutil.rmtree(export)
     export_run(job.run_dir, export)
     student = load_student(export)
