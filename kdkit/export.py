@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 import yaml
@@ -82,7 +82,7 @@ def count_parameters(model: torch.nn.Module, adapters: dict[str, Any]) -> Parame
     return ParameterCount(base=total - sum(groups.values()), groups=groups)
 
 
-def _student_state(path: Path) -> dict[str, torch.Tensor]:
+def student_state(path: Path) -> dict[str, torch.Tensor]:
     """The student's tensors of the checkpoint directory ``path`` (names relative to the student model)."""
     from kdkit.engine.checkpoint import read_weights
 
@@ -107,6 +107,54 @@ def load_trained(model: torch.nn.Module, state: dict[str, torch.Tensor], source:
     return len(state)
 
 
+class TrainedStudent(NamedTuple):
+    """What :func:`trained_student` returns: the student plugin object (train mode), its adapter
+    handles by name, the run's recipe and the checkpoint directory the weights came from."""
+
+    student: Any
+    adapters: dict[str, Any]
+    recipe: Any
+    checkpoint: Path
+
+
+def trained_student(run_dir: str | Path, checkpoint: str | Path | None = None, data_root: str | Path | None = None,
+                    registry: Registry | None = None) -> TrainedStudent:
+    """The student of a training run, adapters injected, with the trained tensors of a checkpoint.
+
+    Args:
+        run_dir: A run directory (holds ``recipe.yaml`` and ``checkpoints/``).
+        checkpoint: A checkpoint directory (default: the run's latest).
+        data_root: Directory the recipe's relative paths resolve against (default: the recipe's).
+        registry: Plugins to build from (default: every installed plugin).
+
+    Returns:
+        The student (train mode), its adapters, the recipe and the checkpoint used.
+
+    Raises:
+        CheckpointError: no recipe or checkpoint, a broken checkpoint, or one that does not fit.
+    """
+    from kdkit.engine.build import build_student
+    from kdkit.engine.checkpoint import latest_checkpoint
+    from kdkit.recipe import load_recipe
+
+    run_dir = Path(run_dir)
+    if registry is None:
+        from kdkit.plugins import get_registry
+
+        registry = get_registry()
+    recipe_file = run_dir / "recipe.yaml"
+    if not recipe_file.is_file():
+        raise CheckpointError(f"{recipe_file} does not exist: {run_dir} is not a kdkit run directory")
+    overrides = [f"runtime.data_root={data_root}"] if data_root is not None else []
+    recipe = load_recipe(recipe_file, overrides, registry=registry)
+    source = Path(checkpoint) if checkpoint is not None else latest_checkpoint(run_dir / "checkpoints")
+    state = student_state(source)
+    torch.manual_seed(recipe.runtime.seed)  # as training built it: fresh parts (a new projector) come out the same
+    student, adapters = build_student(recipe, registry, torch.device("cpu"))
+    load_trained(student.model, state, source)
+    return TrainedStudent(student, adapters, recipe, source)
+
+
 def export_run(run_dir: str | Path, out_dir: str | Path, checkpoint: str | Path | None = None,
                data_root: str | Path | None = None, registry: Registry | None = None) -> ParameterCount:
     """Export the student of a training run (its latest or a given checkpoint) to ``out_dir``.
@@ -125,30 +173,12 @@ def export_run(run_dir: str | Path, out_dir: str | Path, checkpoint: str | Path 
         CheckpointError: no recipe or checkpoint, a broken checkpoint, or one that does not fit.
         KdkitError: ``out_dir`` already holds an export; a student without ``export``.
     """
-    from kdkit.engine.build import build_student
-    from kdkit.engine.checkpoint import latest_checkpoint
-    from kdkit.recipe import load_recipe
-
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    if registry is None:
-        from kdkit.plugins import get_registry
-
-        registry = get_registry()
-    recipe_file = run_dir / "recipe.yaml"
-    if not recipe_file.is_file():
-        raise CheckpointError(f"{recipe_file} does not exist: {run_dir} is not a kdkit run directory")
     if (out_dir / MANIFEST).exists():
         raise KdkitError(f"{out_dir} already holds an export ({MANIFEST}); choose another output directory")
-    overrides = [f"runtime.data_root={data_root}"] if data_root is not None else []
-    recipe = load_recipe(recipe_file, overrides, registry=registry)
-    source = Path(checkpoint) if checkpoint is not None else latest_checkpoint(run_dir / "checkpoints")
-    state = _student_state(source)
-
-    torch.manual_seed(recipe.runtime.seed)  # as training built it: fresh parts (a new projector) come out the same
-    student, adapters = build_student(recipe, registry, torch.device("cpu"))
+    student, adapters, recipe, source = trained_student(run_dir, checkpoint, data_root, registry)
     if not callable(getattr(student, "export", None)):
         raise KdkitError(f"the {recipe.student.kind!r} student cannot be exported (it has no export method)")
-    load_trained(student.model, state, source)
     count = count_parameters(student.model, adapters)
 
     out_dir.mkdir(parents=True, exist_ok=True)

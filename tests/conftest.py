@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from pathlib import Path
+
 from kdkit.plugins import LoadedPlugins, load_plugins
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
@@ -20,6 +22,14 @@ def builtin_plugins() -> LoadedPlugins:
 def registry(builtin_plugins: LoadedPlugins):
     """Registry of the built-in plugins."""
     return builtin_plugins.registry
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data root holding the teacher files of ``recipes/tiny/timm_two_teachers.yaml``."""
+    from kdkit_plugins.fixtures.timm_two_teachers import write_tiny_timm_two_teachers
+
+    return write_tiny_timm_two_teachers(tmp_path_factory.mktemp("tiny_data"))
 
 
 @pytest.fixture(autouse=True)

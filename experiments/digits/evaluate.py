@@ -13,11 +13,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from kdkit.errors import CheckpointError
 from kdkit.interfaces import BuildContext
-
-#: Prefix of the student's tensors in a training checkpoint (the distiller's ``student`` sub-module).
-STUDENT = "student."
 
 
 def _registry(registry: Any) -> Any:
@@ -29,28 +25,14 @@ def _registry(registry: Any) -> Any:
 
 
 def trained_student(run_dir: Path, registry: Any = None) -> tuple[Any, dict[str, Any]]:
-    """The student of ``run_dir`` (and its adapters, by name) with the weights of the run's latest checkpoint.
+    """The student of ``run_dir`` (and its adapters, by name) with the weights of the run's latest checkpoint, in eval mode.
 
     Raises:
         CheckpointError: no recipe or checkpoint, or checkpoint tensors the student does not have.
     """
-    from kdkit.engine.build import build_student
-    from kdkit.engine.checkpoint import latest_checkpoint, load_checkpoint
-    from kdkit.recipe import load_recipe
+    from kdkit.export import trained_student as load_run_student
 
-    registry = _registry(registry)
-    run_dir = Path(run_dir)
-    if not (run_dir / "recipe.yaml").is_file():
-        raise CheckpointError(f"{run_dir} is not a kdkit run directory (no recipe.yaml)")
-    recipe = load_recipe(run_dir / "recipe.yaml", registry=registry)
-    checkpoint = load_checkpoint(latest_checkpoint(run_dir / "checkpoints"))
-    torch.manual_seed(recipe.runtime.seed)  # as training built it: untrained parts come out the same
-    student, adapters = build_student(recipe, registry, torch.device("cpu"))
-    state = {k.removeprefix(STUDENT): v for k, v in checkpoint.model.items() if k.startswith(STUDENT)}
-    result = student.model.load_state_dict(state, strict=False)
-    if result.unexpected_keys:
-        raise CheckpointError(f"checkpoint {checkpoint.path} holds student tensors this recipe's student lacks: "
-                              f"{result.unexpected_keys[:5]}")
+    student, adapters, _, _ = load_run_student(run_dir, registry=_registry(registry))
     student.model.eval()
     return student, adapters
 

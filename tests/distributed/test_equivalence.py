@@ -28,7 +28,6 @@ import torch
 from kdkit.engine.checkpoint import list_checkpoints, load_checkpoint, read_weights
 from kdkit.engine.monitor import read_metrics
 from kdkit.engine.run import run_recipe
-from kdkit_plugins.fixtures.timm_two_teachers import write_tiny_timm_two_teachers
 
 RECIPE = Path(__file__).parents[2] / "recipes" / "tiny" / "timm_two_teachers.yaml"
 SETTINGS = [
@@ -47,22 +46,17 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    return write_tiny_timm_two_teachers(tmp_path_factory.mktemp("tiny_data"))
-
-
-@pytest.fixture(scope="module")
-def single(data_root, tmp_path_factory, registry) -> Path:
+def single(tiny_root, tmp_path_factory, registry) -> Path:
     out = tmp_path_factory.mktemp("single") / "run"
-    return run_recipe(RECIPE, SETTINGS + [f"runtime.data_root={data_root}", f"runtime.output_dir={out}"],
+    return run_recipe(RECIPE, SETTINGS + [f"runtime.data_root={tiny_root}", f"runtime.output_dir={out}"],
                       registry=registry, tensorboard=False, progress=False, report=False)
 
 
-def torchrun(strategy: str, data_root: Path, out: Path, *extra: str, killed_after: int | None = None) -> None:
+def torchrun(strategy: str, tiny_root: Path, out: Path, *extra: str, killed_after: int | None = None) -> None:
     sets = [a for s in SETTINGS + [f"runtime.distributed.strategy={strategy}"] for a in ("--set", s)]
     target = ["-m", "kdkit"] if killed_after is None else [str(Path(__file__).with_name("killed.py")), str(killed_after)]
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-               *target, "run", str(RECIPE), "--data-root", str(data_root), "--output-dir", str(out), *sets, *extra]
+               *target, "run", str(RECIPE), "--data-root", str(tiny_root), "--output-dir", str(out), *sets, *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     if killed_after is None:
@@ -87,21 +81,21 @@ def assert_matches(single: Path, run_dir: Path, label: str) -> None:
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
-def test_two_processes_match_one(strategy, single, data_root, tmp_path) -> None:
-    torchrun(strategy, data_root, tmp_path / "run")
+def test_two_processes_match_one(strategy, single, tiny_root, tmp_path) -> None:
+    torchrun(strategy, tiny_root, tmp_path / "run")
     assert_matches(single, tmp_path / "run", strategy)
     layout = load_checkpoint(list_checkpoints(tmp_path / "run" / "checkpoints")[-1]).state["layout"]
     assert layout == {"ddp": "safetensors", "fsdp2": "dcp"}[strategy]
     assert (tmp_path / "run" / "report.md").is_file()
 
 
-def test_fsdp2_killed_and_resumed_matches_straight(single, data_root, tmp_path) -> None:
+def test_fsdp2_killed_and_resumed_matches_straight(single, tiny_root, tmp_path) -> None:
     """Killed after step 1 of stage 1, resumed on 2 processes (sharded weights, optimizer, and the digest of
     the frozen shards checked), on through the stage boundary: the same 4 steps as one process."""
     out = tmp_path / "run"
-    torchrun("fsdp2", data_root, out, "--set", "runtime.checkpoint_every=1", killed_after=1)
+    torchrun("fsdp2", tiny_root, out, "--set", "runtime.checkpoint_every=1", killed_after=1)
     assert [p.name for p in list_checkpoints(out / "checkpoints")] == ["step-00000001"]
     assert load_checkpoint(out / "checkpoints" / "step-00000001").state["frozen"]  # vision_base: rebuilt, checked
     assert [r["step"] for r in read_metrics(out)] == [1]
-    torchrun("fsdp2", data_root, out, "--set", "runtime.checkpoint_every=1", "--resume")
+    torchrun("fsdp2", tiny_root, out, "--set", "runtime.checkpoint_every=1", "--resume")
     assert_matches(single, out, "fsdp2 resumed")

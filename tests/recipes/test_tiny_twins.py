@@ -13,11 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from kdkit.engine.build import build_student
-from kdkit.engine.checkpoint import latest_checkpoint
 from kdkit.engine.monitor import read_metrics
 from kdkit.engine.run import run_recipe
-from kdkit.export import _student_state, export_run, load_student, load_trained
+from kdkit.export import export_run, load_student, trained_student
 from kdkit.recipe import load_recipe
 from kdkit_plugins.fixtures.hawaii import write_tiny_hawaii
 
@@ -87,10 +85,7 @@ def test_tiny_hawaii_trains_exports_and_answers_the_same(tiny_root: Path, tmp_pa
     twin = ROOT / "tiny" / "hawaii" / "hawaii_7b.yaml"
     run_dir = run_recipe(twin, [f"runtime.data_root={tiny_root}", f"runtime.output_dir={tmp_path / 'run'}", *SHORT],
                          registry=registry, tensorboard=False, progress=False, report=False)
-    recipe = load_recipe(run_dir / "recipe.yaml", registry=registry)
-    student, _ = build_student(recipe, registry, torch.device("cpu"))
-    checkpoint = latest_checkpoint(run_dir / "checkpoints")
-    assert load_trained(student.model, _student_state(checkpoint), checkpoint) > 0
+    student = trained_student(run_dir, registry=registry).student
     student.model.eval()
     images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     prompts = ["what color is the circle ?", "how many shapes are there ?"]

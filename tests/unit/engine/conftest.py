@@ -1,12 +1,10 @@
-"""Fixtures of the engine tests: the tiny recipe's teacher files and a fast variant of the recipe."""
+"""Fixtures of the engine tests: a fast variant of the tiny recipe (its files come from ``tiny_root``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-
-from kdkit_plugins.fixtures.timm_two_teachers import write_tiny_timm_two_teachers
 
 RECIPE = Path(__file__).parents[3] / "recipes" / "tiny" / "timm_two_teachers.yaml"
 
@@ -18,12 +16,6 @@ FAST = [
     "stages.pretrain.data.size=16", "stages.finetune.data.size=16",
     "runtime.checkpoint_every=1", "runtime.keep_last=10",
 ]
-
-
-@pytest.fixture(scope="session")
-def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A data root holding the tiny recipe's teacher files."""
-    return write_tiny_timm_two_teachers(tmp_path_factory.mktemp("tiny_data"))
 
 
 @pytest.fixture(scope="session")
