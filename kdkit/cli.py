@@ -131,6 +131,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Score students on benchmarks: resumable predictions, metrics JSON and tables, comparison over seeds."""
+    from kdkit.evaluation.command import run_eval
+
+    return run_eval(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``kdkit`` command."""
     parser = argparse.ArgumentParser(prog="kdkit", description="Composable multi-teacher knowledge distillation.")
@@ -167,6 +174,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=Path, help="checkpoint directory to export (default: the run's latest)")
     p.add_argument("--data-root", help="directory the recipe's relative paths resolve against (default: the recipe's)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("eval", help="score students on benchmarks", description=cmd_eval.__doc__,
+                       epilog="STUDENT is an export directory or a run directory, optionally LABEL=PATH: students "
+                       "sharing a label are seeds of one configuration (compared with --baseline).")
+    p.add_argument("students", nargs="+", metavar="STUDENT")
+    p.add_argument("--benchmark", action="append", required=True, metavar="NAME",
+                   help="benchmark plugin to run (repeatable; `kdkit plugins` lists them)")
+    p.add_argument("--set", action="append", default=[], metavar="[NAME.]KEY=VALUE",
+                   help="benchmark setting, e.g. root=data/pope or pope.splits=[random] (repeatable)")
+    p.add_argument("--data-root", default=".", help="directory relative benchmark paths resolve against (default .)")
+    p.add_argument("--checkpoint", default="last", help="for run directories: last, best, or a checkpoint directory")
+    p.add_argument("--output", type=Path, help="results root (default: eval/ inside each student directory)")
+    p.add_argument("--batch-size", type=int, default=16, help="questions per generate call (default 16)")
+    p.add_argument("--limit", type=int, help="only the first N questions (a quick look, not comparable)")
+    p.add_argument("--baseline", metavar="LABEL", help="compare every other label with this one")
+    p.add_argument("--metric", help="metric to compare (default: each benchmark's primary)")
+    p.add_argument("--fresh", action="store_true", help="discard earlier predictions instead of resuming")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("generate", help="answer a question about an image", description=cmd_generate.__doc__)
     p.add_argument("export_dir", type=Path, metavar="OUT_DIR")

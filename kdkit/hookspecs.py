@@ -51,6 +51,11 @@ def kdkit_data() -> dict[str, Factory]:
     """Datasets yielding batches in a student's format."""
 
 
+@hookspec
+def kdkit_benchmarks() -> dict[str, Factory]:
+    """Evaluation suites: questions + official scoring (generative), or model measurements."""
+
+
 #: Plugin kind -> hook name. The single source of the list of kinds.
 HOOKS: dict[str, str] = {
     "teacher": "kdkit_teachers",
@@ -60,4 +65,5 @@ HOOKS: dict[str, str] = {
     "loss": "kdkit_losses",
     "student": "kdkit_students",
     "data": "kdkit_data",
+    "benchmark": "kdkit_benchmarks",
 }

@@ -7,7 +7,7 @@ through the :class:`BuildContext`, never through recipe numbers.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
@@ -255,3 +255,133 @@ class Student(Protocol):
         ...
 
     def __call__(self, batch: Mapping[str, Any]) -> StudentOutput: ...
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation: benchmark plugins (hook ``kdkit_benchmarks``)
+
+
+@dataclass(frozen=True)
+class Question:
+    """One benchmark question as the student is asked it.
+
+    Attributes:
+        id: Unique, stable id within the benchmark (predictions are keyed and resumed by it).
+        prompt: The whole text prompt, the benchmark's answer instruction included (e.g. LLaVA-1.5's
+            "Answer the question using a single word or phrase."), without any image placeholder.
+        image: The image: a file path, the encoded file bytes (images embedded in TSV/parquet
+            releases), or None for a text-only question.
+        max_new_tokens: Longest answer to generate, in tokens.
+    """
+
+    id: str
+    prompt: str
+    image: Path | bytes | None = None
+    max_new_tokens: int = 16
+
+
+@dataclass
+class Scores:
+    """What scoring one student on one benchmark produced.
+
+    Attributes:
+        metrics: Every metric by name (percentages 0-100, or the benchmark's own points, e.g. MME).
+        units: Per-unit values of the primary metric (question, circular group...) whose mean IS the
+            primary metric; used for paired bootstrap intervals over items. Empty when the primary
+            metric is not a mean over units (e.g. MME's summed scores).
+        details: Anything else worth keeping in the result JSON (per-category tables, counts).
+    """
+
+    metrics: dict[str, float]
+    units: dict[str, float] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Benchmark(Protocol):
+    """What every benchmark declares.
+
+    Attributes:
+        metrics: Names of every metric its scores hold (``eval.select`` is checked against them).
+        primary: The headline metric (one of ``metrics``): what tables show and validation selects by default.
+        published: Published values of the primary metric by label (e.g. ``{"LLaVA-1.5 7B (paper)": 58.2}``),
+            shown beside measured ones and clearly labelled; empty when none apply.
+    """
+
+    metrics: tuple[str, ...]
+    primary: str
+    published: Mapping[str, float]
+
+
+@runtime_checkable
+class GenerativeBenchmark(Benchmark, Protocol):
+    """A benchmark of questions answered by greedy generation (VQA, multiple choice, yes/no).
+
+    The engine generates an answer for every :class:`Question` (batched, resumable) and hands the
+    raw answers to :meth:`score`, which parses and scores them by the benchmark's official rules.
+    """
+
+    def questions(self) -> Sequence[Question]:
+        """Every question, in a stable order (ids unique)."""
+        ...
+
+    def score(self, predictions: Mapping[str, str]) -> Scores:
+        """Raw generated answers by question id (exactly the ids of :meth:`questions`) -> scores."""
+        ...
+
+
+@runtime_checkable
+class ModelBenchmark(Benchmark, Protocol):
+    """A benchmark that measures the model itself (classification accuracy, kNN / linear probes,
+    feature fidelity to the teachers)."""
+
+    def evaluate(self, subject: EvalSubject) -> Scores:
+        """Score ``subject``'s student (eval mode, adapters routed)."""
+        ...
+
+
+@dataclass
+class EvalSubject:
+    """The student being evaluated, as a :class:`ModelBenchmark` receives it.
+
+    Attributes:
+        student: The student plugin object (eval mode, adapters injected and routed).
+        adapters: Its adapter handles by name.
+        source: The export or run directory it was loaded from.
+        recipe: The run's recipe, when loaded from a run directory (None for an export).
+        checkpoint: The checkpoint directory of a run, when loaded from one.
+        device: Device the student is on.
+        extras: Anything else an engine passes along (e.g. a ``distiller`` with the run's
+            teachers and KD heads, for fidelity measurements).
+    """
+
+    student: Any
+    adapters: dict[str, Any] = field(default_factory=dict)
+    source: Path | None = None
+    recipe: Any = None
+    checkpoint: Path | None = None
+    device: str = "cpu"
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class AnswersQuestions(Protocol):
+    """A student that answers questions about images (what generative benchmarks need)."""
+
+    def load_image(self, source: str | Path | bytes) -> Tensor:
+        """An image file path or encoded file bytes -> the student's raw view ``(1, 3, S, S)`` in [0, 1]."""
+        ...
+
+    def generate(self, images: Tensor, prompts: list[str], max_new_tokens: int = 32) -> list[str]:
+        """Raw views ``(B, 3, S, S)`` + B questions -> B greedy answers."""
+        ...
+
+
+@runtime_checkable
+class Routable(Protocol):
+    """An adapter whose experts are chosen per input: its routing mode can be set for good
+    (``routed`` for inference), besides the per-forward :meth:`kdkit.adapters.handle.Adapter.routing`."""
+
+    def set_routing(self, spec: Any) -> None:
+        """Every later forward follows ``spec`` (e.g. ``"routed"``)."""
+        ...

@@ -124,10 +124,51 @@ def _probe(kind: str, name: str, built: Any, example: Example) -> Any:
         if tuple(features.shape) != expected:
             raise _fail(kind, name, f"encode() shape {tuple(features.shape)} != declared feature_spec {expected}")
         return features
+    if kind == "benchmark":
+        return _probe_benchmark(name, built)
     if kind == "data":
         if len(built) == 0:
             raise _fail(kind, name, "built an empty dataset from its example")
         return built[0]
+    return None
+
+
+def _probe_benchmark(name: str, built: Any) -> None:
+    """Declarations hold; a generative benchmark's questions are well formed and empty answers score
+    every declared metric (finite); an unknown question id is refused."""
+    import math
+
+    from kdkit.errors import DataError
+    from kdkit.interfaces import Benchmark, GenerativeBenchmark, ModelBenchmark, Question
+
+    kind = "benchmark"
+    if not isinstance(built, Benchmark):
+        raise _fail(kind, name, "does not declare metrics, primary and published")
+    if built.primary not in built.metrics:
+        raise _fail(kind, name, f"primary metric {built.primary!r} is not among its metrics {built.metrics}")
+    if isinstance(built, ModelBenchmark):
+        return None
+    if not isinstance(built, GenerativeBenchmark):
+        raise _fail(kind, name, "has neither questions()+score() nor evaluate()")
+    questions = list(built.questions())
+    if not questions:
+        raise _fail(kind, name, "its example has no questions")
+    ids = [q.id for q in questions]
+    if len(set(ids)) != len(ids) or not all(isinstance(q, Question) and isinstance(q.id, str) for q in questions):
+        raise _fail(kind, name, "questions must be kdkit Question objects with unique string ids")
+    if any("<image>" in q.prompt or not q.prompt.strip() for q in questions):
+        raise _fail(kind, name, "prompts must be non-empty and must not hold an <image> placeholder")
+    scores = built.score({q.id: "" for q in questions})
+    for metric in built.metrics:
+        value = scores.metrics.get(metric)
+        if value is None or not math.isfinite(value):
+            raise _fail(kind, name, f"empty answers gave metric {metric!r} = {value!r}; every declared metric must be finite")
+    try:
+        built.score({**{q.id: "" for q in questions}, "__not_a_question__": ""})
+    except DataError:
+        pass
+    else:
+        raise _fail(kind, name, "score() accepted a question id that is not one of its questions")
     return None
 
 

@@ -36,6 +36,8 @@ from kdkit.errors import CheckpointError
 
 FORMAT = 1
 PREFIX = "step-"
+#: Directory name of the best checkpoint by the recipe's ``eval.select`` metric, beside the last K.
+BEST = "best"
 TMP = ".tmp-"
 SHARDED = "dcp"
 

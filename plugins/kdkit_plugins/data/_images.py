@@ -54,7 +54,8 @@ def load_image(path: Path, size: int, color: tuple[int, int, int]) -> torch.Tens
         with Image.open(path) as opened:
             image = opened.convert("RGB")  # decodes the whole file: a truncated one fails here
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise UnreadableImageError(f"cannot decode image {path}: {exc}") from None
+        where = path if isinstance(path, (str, Path)) else "(embedded image bytes)"
+        raise UnreadableImageError(f"cannot decode image {where}: {exc}") from None
     image = pad_to_square(image, color)
     if image.size != (size, size):
         image = image.resize((size, size), Image.Resampling.BICUBIC)

@@ -37,14 +37,19 @@ def pad_id(tokenizer: Any) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
-def load_image(path: str | Path, size: int, pad_color: tuple[float, float, float]) -> Tensor:
-    """An image file -> ``(1, 3, size, size)`` in [0, 1], padded to square with ``pad_color`` like training data."""
+def load_image(source: str | Path | bytes, size: int, pad_color: tuple[float, float, float]) -> Tensor:
+    """An image file (path or encoded bytes) -> ``(1, 3, size, size)`` in [0, 1], padded to square with
+    ``pad_color`` like training data."""
+    import io
+
     from kdkit_plugins.data._images import color_bytes
     from kdkit_plugins.data._images import load_image as load
 
-    if not Path(path).is_file():
-        raise DataError(f"image {str(path)!r} does not exist")
-    return load(Path(path), size, color_bytes(pad_color)).unsqueeze(0)
+    if isinstance(source, bytes):
+        return load(io.BytesIO(source), size, color_bytes(pad_color)).unsqueeze(0)  # type: ignore[arg-type]
+    if not Path(source).is_file():
+        raise DataError(f"image {str(source)!r} does not exist")
+    return load(Path(source), size, color_bytes(pad_color)).unsqueeze(0)
 
 
 def left_pad(rows: list[list[int]], pad: int, device: torch.device) -> tuple[Tensor, Tensor]:

@@ -177,8 +177,9 @@ class LlavaStudent:
 
         return greedy(self, images, prompts, max_new_tokens)
 
-    def load_image(self, path: str | Path) -> Tensor:
-        """An image file -> ``(1, 3, S, S)`` in [0, 1]: padded to square with the CLIP mean, as the data plugin does."""
+    def load_image(self, path: str | Path | bytes) -> Tensor:
+        """An image file (path or encoded bytes) -> ``(1, 3, S, S)`` in [0, 1]: padded to square with the CLIP
+        mean, as the data plugin does."""
         from kdkit_plugins.students._llava_generate import load_image
 
         return load_image(path, self.image_size, self.mean)  # type: ignore[arg-type]
