@@ -108,6 +108,7 @@ KIND_TITLES = {
     "adapter": "Adapters (`adapters.<name>`)",
     "loss": "Losses (`losses.<name>`)",
     "data": "Data (`stages.<name>.data`)",
+    "benchmark": "Benchmarks (`eval.benchmark`, `kdkit eval --benchmark`)",
 }
 
 
