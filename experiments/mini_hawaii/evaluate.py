@@ -1,63 +1,49 @@
-"""Held-out evaluation of an exported student: greedy answers, exact match per question type, routing.
+"""Held-out evaluation of an exported student through kdkit's evaluation layer, and routing by content.
 
-The questions come from the world's LLaVA-style question file; the answers file is read only to
-score. An answer counts when its first word (lower-cased, punctuation stripped) equals the answer.
+The held-out questions are scored by the ``qa_jsonl`` benchmark plugin (``kdkit eval`` with the
+same block gives the same numbers): greedy answers, first word lower-cased with punctuation
+stripped, equal to the answer; accuracy per question type. Answers are written to the job's
+``eval/`` directory as they come, so an interrupted evaluation resumes.
 """
 
 from __future__ import annotations
 
-import json
-import string
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from experiments.mini_hawaii.world import ASPECTS, WorldFiles, read_scenes
+from experiments.mini_hawaii.world import ASPECTS, WorldFiles, read_jsonl, read_scenes
 
 
-def normalize(text: str) -> str:
-    """``" Red."`` -> ``"red"``: the first word, lower-cased, without punctuation (empty if none)."""
-    words = text.lower().translate(str.maketrans("", "", string.punctuation)).split()
-    return words[0] if words else ""
+def benchmark_block(files: WorldFiles) -> dict[str, Any]:
+    """The ``qa_jsonl`` block that scores the world's held-out questions."""
+    return {"kind": "qa_jsonl", "questions": str(files.path("questions")), "answers": str(files.path("answers")),
+            "images": str(files.path("images")), "match": "first_word", "max_new_tokens": 3}
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Every record of a JSON-lines file."""
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+def answer_questions(student: Any, files: WorldFiles, directory: Path | None = None, batch: int = 128) -> dict[str, Any]:
+    """Every held-out question answered and scored: ``{"accuracy": {type: fraction, "overall": fraction},
+    "answers": [{question_id, category, raw, answer, correct}]}``."""
+    from kdkit.evaluation import build_benchmark, evaluate
+    from kdkit.interfaces import EvalSubject
+
+    block = benchmark_block(files)
+    result = evaluate(EvalSubject(student, dict(getattr(student, "kdkit_adapters", {}))), build_benchmark(block),
+                      "qa_jsonl", block, directory, batch_size=batch, progress=False)
+    metrics = result.scores.metrics
+    table = {c: metrics[f"accuracy/{c}"] / 100 for c in ASPECTS if f"accuracy/{c}" in metrics}
+    table["overall"] = metrics["accuracy"] / 100
+    truth = {str(a["question_id"]): a["answer"] for a in read_jsonl(files.path("answers"))}
+    raw = _predictions(directory) if directory is not None else {}
+    answers = [{"question_id": q["question_id"], "category": q["category"], "raw": raw.get(str(q["question_id"])),
+                "answer": truth[str(q["question_id"])], "correct": result.scores.units[str(q["question_id"])] == 100.0}
+               for q in read_jsonl(files.path("questions"))]
+    return {"accuracy": table, "answers": answers}
 
 
-def answer_questions(student: Any, files: WorldFiles, batch: int = 128, max_new_tokens: int = 3) -> list[dict[str, Any]]:
-    """Every test question answered greedily by ``student.generate``: records with prediction and hit."""
-    questions = read_jsonl(files.path("questions"))
-    truth = {a["question_id"]: a["answer"] for a in read_jsonl(files.path("answers"))}
-    images_dir = files.path("images")
-    cache: dict[str, torch.Tensor] = {}
-    results = []
-    for start in range(0, len(questions), batch):
-        chunk = questions[start:start + batch]
-        for q in chunk:
-            if q["image"] not in cache:
-                cache[q["image"]] = student.load_image(images_dir / q["image"])
-        images = torch.cat([cache[q["image"]] for q in chunk])
-        answers = student.generate(images, [q["text"] for q in chunk], max_new_tokens=max_new_tokens)
-        for q, raw in zip(chunk, answers, strict=True):
-            predicted = normalize(raw)
-            expected = truth[q["question_id"]]
-            results.append({"question_id": q["question_id"], "category": q["category"], "raw": raw,
-                            "prediction": predicted, "answer": expected, "correct": predicted == expected})
-    return results
-
-
-def accuracy(results: list[dict[str, Any]]) -> dict[str, float]:
-    """Exact-match accuracy per question type and ``overall`` (mean over all questions)."""
-    hits: dict[str, list[bool]] = defaultdict(list)
-    for r in results:
-        hits[r["category"]].append(r["correct"])
-    table = {c: sum(v) / len(v) for c, v in hits.items()}
-    table["overall"] = sum(r["correct"] for r in results) / max(1, len(results))
-    return table
+def _predictions(directory: Path) -> dict[str, str]:
+    return {str(r["question_id"]): r["prediction"] for r in read_jsonl(directory / "predictions.jsonl")}
 
 
 @torch.no_grad()
@@ -101,9 +87,9 @@ def routing_by_content(student: Any, files: WorldFiles, batch: int = 128) -> dic
     return {"teachers": teachers, "by_value": by_value, "blocks": blocks}
 
 
-def evaluate(student: Any, data_root: Path) -> dict[str, Any]:
-    """Accuracy table, every answer, and routing by image content of one exported student."""
+def evaluate(student: Any, data_root: Path, directory: Path | None = None) -> dict[str, Any]:
+    """Accuracy table, every answer, and routing by image content of one exported student
+    (answers kept in ``directory`` when given)."""
     files = WorldFiles(Path(data_root))
-    results = answer_questions(student, files)
-    return {"accuracy": accuracy(results), "answers": results, "routing": routing_by_content(student, files),
-            "types": [t for t in ASPECTS]}
+    results = answer_questions(student, files, directory)
+    return {**results, "routing": routing_by_content(student, files), "types": [t for t in ASPECTS]}

@@ -15,7 +15,7 @@ from typing import Any
 from kdkit.engine.monitor import read_metrics
 from kdkit.engine.report import mean_usage, plot_losses, plot_usage
 
-from experiments.mini_hawaii.evaluate import read_jsonl
+from experiments.mini_hawaii.world import read_jsonl
 from experiments.mini_hawaii.pipeline import Phase, Profile
 from experiments.mini_hawaii.variants import VARIANTS
 from experiments.mini_hawaii.world import ASPECTS, QUESTIONS, WorldFiles

@@ -126,7 +126,7 @@ def run_job(job: Job, words: list[str], threads: int = 1) -> dict[str, Any]:
         shutil.rmtree(export)
     export_run(job.run_dir, export)
     student = load_student(export)
-    results = evaluate(student, job.data_root)
+    results = evaluate(student, job.data_root, job.run_dir / "eval")
     (job.run_dir / "eval.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     summary = {
         "variant": job.variant, "seed": job.seed, "run_dir": str(job.run_dir), "accuracy": results["accuracy"],

@@ -190,6 +190,11 @@ def write_world(root: Path, seed: int, train_images: int, test_images: int, side
     return files
 
 
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Every record of one of the world's JSON-lines files."""
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
 def read_scenes(files: WorldFiles, split: str) -> list[dict[str, str]]:
     """The scene records (image path + aspects) of one split."""
     records = json.loads(files.path("scenes").read_text(encoding="utf-8"))

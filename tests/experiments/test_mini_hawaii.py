@@ -12,11 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from kdkit.errors import KdkitError
 
 from experiments.mini_hawaii import __main__ as demo
-from experiments.mini_hawaii.evaluate import accuracy, normalize, read_jsonl
+from experiments.mini_hawaii.world import read_jsonl
 from experiments.mini_hawaii.pipeline import PROFILES, prepare_output
 from experiments.mini_hawaii.report import COLUMNS, mean_std
 from experiments.mini_hawaii.world import ASPECTS, QUESTIONS, render, sample_scene, vocabulary_words, write_world
@@ -91,11 +92,27 @@ def test_world_rejects_an_image_side_out_of_range(tmp_path: Path) -> None:
 
 
 # scoring ----------------------------------------------------------------------------------------
-def test_exact_match_normalizes_only_case_punctuation_and_trailing_words() -> None:
-    assert normalize(" Red.") == "red" and normalize("two circles") == "two" and normalize("") == ""
-    results = [{"category": "color", "correct": True}, {"category": "color", "correct": False},
-               {"category": "count", "correct": True}, {"category": "count", "correct": True}]
-    assert accuracy(results) == {"color": 0.5, "count": 1.0, "overall": 0.75}
+def test_held_out_questions_are_scored_by_the_qa_jsonl_benchmark(tmp_path: Path) -> None:
+    from experiments.mini_hawaii.evaluate import answer_questions
+
+    class Says:  # answers " Red." to colour questions and "two circles" to the others
+        def load_image(self, source):
+            return torch.zeros(1, 3, 8, 8)
+
+        def generate(self, images, prompts, max_new_tokens=32):
+            return [" Red." if "color" in p.lower() else "two circles" for p in prompts]
+
+    files = write_world(tmp_path, seed=0, train_images=0, test_images=4)
+    out = answer_questions(Says(), files, tmp_path / "eval")
+    truth = {a["question_id"]: a["answer"] for a in read_jsonl(files.path("answers"))}
+    expected = [("red" if q["category"] == "color" else "two") == truth[q["question_id"]]
+                for q in read_jsonl(files.path("questions"))]
+    assert [a["correct"] for a in out["answers"]] == expected
+    assert out["accuracy"]["overall"] == pytest.approx(sum(expected) / len(expected))
+    assert (tmp_path / "eval" / "predictions.jsonl").is_file()
+
+
+def test_mean_std() -> None:
     assert mean_std([0.5]) == (0.5, 0.0)
     assert mean_std([0.2, 0.4])[1] == pytest.approx(0.1414, abs=1e-4)
 
