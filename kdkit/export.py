@@ -108,7 +108,7 @@ def load_trained(model: torch.nn.Module, state: dict[str, torch.Tensor], source:
 
 
 class TrainedStudent(NamedTuple):
-    """What :func:`trained_student` returns: the student plugin object (train mode), its adapter
+    """What :func:`trained_student` returns: the student plugin object (eval mode), its adapter
     handles by name, the run's recipe and the checkpoint directory the weights came from."""
 
     student: Any
@@ -128,7 +128,8 @@ def trained_student(run_dir: str | Path, checkpoint: str | Path | None = None, d
         registry: Plugins to build from (default: every installed plugin).
 
     Returns:
-        The student (train mode), its adapters, the recipe and the checkpoint used.
+        The student (eval mode: it is rebuilt to be evaluated or exported), its adapters, the recipe and
+        the checkpoint used.
 
     Raises:
         CheckpointError: no recipe or checkpoint, a broken checkpoint, or one that does not fit.
@@ -152,6 +153,7 @@ def trained_student(run_dir: str | Path, checkpoint: str | Path | None = None, d
     torch.manual_seed(recipe.runtime.seed)  # as training built it: fresh parts (a new projector) come out the same
     student, adapters = build_student(recipe, registry, torch.device("cpu"))
     load_trained(student.model, state, source)
+    student.model.eval()
     return TrainedStudent(student, adapters, recipe, source)
 
 

@@ -125,6 +125,23 @@ class Distiller(nn.Module):
         self.losses = dict(losses)
         self.active: tuple[str, ...] = tuple(losses)
 
+    def train(self, mode: bool = True) -> Distiller:
+        """Switch the student and the KD heads to train mode (``mode``) or eval mode; never the teachers.
+
+        The whole student module switches, its frozen parts included, as transformers' Trainer
+        does: a checkpoint loaded with ``from_pretrained`` comes back in eval mode, and
+        transformers recomputes a layer under activation checkpointing only while
+        ``module.training`` holds. Train mode changes nothing else in a frozen part without
+        dropout or batch norm (LLaVA-1.5's CLIP tower and Llama have neither by default).
+        Teachers are plain attributes, not sub-modules, and stay in eval mode
+        (:class:`~kdkit.teacher.FrozenTeacher` also refuses ``train()``).
+
+        :meth:`kdkit.engine.trainer.Trainer.optimizer_step` puts the model in train mode before
+        every optimizer step, and :meth:`~kdkit.engine.trainer.Trainer.fit` back in eval mode at
+        the end.
+        """
+        return super().train(mode)
+
     def teacher_pass(self, images: Tensor, step: StepContext) -> None:
         """Teachers (frozen, own dtype) and aligner chains -> grids, tokens ``I_i^T``, aligned ``Î_i^T``."""
         for name, teacher in self.teachers.items():

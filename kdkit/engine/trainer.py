@@ -27,7 +27,7 @@ from kdkit.engine.monitor import Monitor, console
 from kdkit.engine.optim import make_optimizer, make_scheduler
 from kdkit.engine.step import Distiller, weighted_total
 from kdkit.errors import KdkitError
-from kdkit.recipe.schema import Recipe, Stage
+from kdkit.recipe.schema import Recipe, Runtime, Stage
 from kdkit.registry import Registry
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -42,6 +42,42 @@ def autocast(device: torch.device, precision: str) -> Any:
     if precision == "fp32":
         return nullcontext()
     return torch.autocast(device.type, dtype=DTYPES[precision])
+
+
+def out_of_memory_message(name: str, stage_step: int, stage: Stage, runtime: Runtime, device: torch.device) -> str:
+    """Where a step ran out of memory, and what to change: only the savings that are still off.
+
+    Args:
+        name: The stage's name.
+        stage_step: The 0-based step of the stage that ran out of memory.
+        stage: The stage's settings.
+        runtime: The run's settings.
+        device: The device that ran out of memory.
+    """
+    fixes: list[str] = []
+    if stage.batch.per_device > 1:
+        fixes.append(f"lower stages.{name}.batch.per_device (accumulation keeps the global batch)")
+    off: list[str] = []  # memory savings not in use yet
+    on: list[str] = []  # those already in use (named so that nobody recommends them again)
+    if runtime.gradient_checkpointing:
+        on.append("runtime.gradient_checkpointing: true")
+    else:
+        off.append("runtime.gradient_checkpointing: true")
+    if runtime.precision == "fp32":
+        off.append("runtime.precision: bf16")
+    else:
+        on.append(f"runtime.precision: {runtime.precision}")
+    if runtime.distributed.strategy == "fsdp2":
+        on.append("runtime.distributed.strategy: fsdp2")
+    else:
+        off.append("runtime.distributed.strategy: fsdp2 (shards weights, gradients and optimizer state over the GPUs)")
+    if off:
+        fixes.append("set " + " / ".join(off))
+    if not fixes:
+        fixes.append(f"train fewer parameters (stages.{name}.trainable) or use a device with more memory")
+    message = (f"out of memory in stage {name!r} step {stage_step + 1} with batch.per_device={stage.batch.per_device} "
+               f"on {device}: " + ", or ".join(fixes))
+    return message + (f"; already on: {', '.join(on)}" if on else "")
 
 
 class Trainer:
@@ -96,6 +132,7 @@ class Trainer:
             if resume is not None and here is None and index == resume.state["stage_index"] + 1 and resume.state["stage_done"]:
                 set_rng_state(resume.state["rng"][self.world.rank])
             self.run_stage(index, name, stage, here)
+        self.distiller.eval()  # training is over: whatever uses the model next evaluates it
         self.monitor.close()
 
     def build_data(self, name: str, stage: Stage) -> Any:
@@ -145,7 +182,12 @@ class Trainer:
     # one optimizer step ----------------------------------------------------------------------
     def optimizer_step(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, stream: Iterator[Any],
                        plan: Plan, stage: Stage, name: str, stage_step: int, meter: state.Meter) -> None:
-        """Accumulate ``plan.accumulation`` micro-batches, check every term is finite, clip, update."""
+        """Accumulate ``plan.accumulation`` micro-batches, check every term is finite, clip, update.
+
+        The one place training switches the model to train mode (see :meth:`Distiller.train`):
+        before every step, so an evaluation in between may leave it in eval mode.
+        """
+        model.train()
         started = time.perf_counter()
         model_time = 0.0
         finite: list[Tensor] = []
@@ -161,10 +203,7 @@ class Trainer:
                     scaled = total / plan.accumulation
                     (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             except torch.OutOfMemoryError:
-                raise KdkitError(
-                    f"out of memory in stage {name!r} step {stage_step + 1} with batch.per_device={stage.batch.per_device} "
-                    f"on {self.world.device}: lower stages.{name}.batch.per_device (accumulation keeps the global "
-                    "batch), or set runtime.gradient_checkpointing: true / runtime.precision: bf16") from None
+                raise KdkitError(out_of_memory_message(name, stage_step, stage, self.runtime, self.world.device)) from None
             model_time += time.perf_counter() - tick
             values = torch.stack([loss.detach().float() for loss in losses.values()])
             finite.append(torch.isfinite(values))

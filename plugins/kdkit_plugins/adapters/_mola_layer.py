@@ -148,7 +148,7 @@ class MolaBlock(nn.Module):
         return out
 
     def _route(self, hidden: Tensor) -> Route | None:
-        """The route of this forward; runs (and logs) the routers when the mode needs them."""
+        """The route of this forward; runs the routers when the mode needs them, and logs them unless replaying."""
         routing = self.state.current
         if routing.mode == "off":
             return None
@@ -168,7 +168,10 @@ class MolaBlock(nn.Module):
             choice, onehot = top1(probs)
             gates.append(gate(probs, onehot, self.gate_mode) * self.scaling)
             outputs[group] = (probs, choice)
-        self.log.record(self.name, outputs, count=not self.state.replaying)
+        # a recomputation under activation checkpointing logs nothing: the log keeps the routed pass's
+        # outputs, and no second autograd graph outlives the step
+        if not self.state.replaying:
+            self.log.record(self.name, outputs)
         start = 0 if routing.mode == "routed" and self.router_teacher is not None else self.n_teacher
         return Route(gates=torch.cat(gates, -1) if len(gates) > 1 else gates[0], start=start)
 

@@ -131,7 +131,8 @@ class LlavaStudent:
             has_image = torch.ones(images.shape[0], dtype=torch.bool, device=images.device)
         selected = self.select(images)
         tokens, embeds = self.embed(selected, input_ids, has_image.bool())
-        out = self.model(inputs_embeds=embeds, attention_mask=batch.get("attention_mask"), labels=batch.get("labels"))
+        out = self.model(inputs_embeds=embeds, attention_mask=batch.get("attention_mask"), labels=batch.get("labels"),
+                         use_cache=False)  # a batch forward keeps no KV cache (generate() runs its own)
         return StudentOutput(features=selected[:, self.prefix:], task_loss=out.loss, logits=out.logits,
                              text=tokens.detach(), text_mask=batch.get("instruction_mask"))
 

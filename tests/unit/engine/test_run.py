@@ -181,7 +181,18 @@ def test_nonfinite_loss_skips_the_step_when_asked(fast, registry, monkeypatch) -
     assert all(torch.isfinite(v).all() for v in final_weights(run_dir).values())
 
 
-def test_out_of_memory_names_the_batch_and_what_to_do(fast, registry, monkeypatch) -> None:
+FSDP2_HINT = "runtime.distributed.strategy: fsdp2 (shards weights, gradients and optimizer state over the GPUs)"
+
+
+@pytest.mark.parametrize(("overrides", "advice"), [
+    ([], "lower stages.pretrain.batch.per_device (accumulation keeps the global batch), or set "
+         f"runtime.gradient_checkpointing: true / runtime.precision: bf16 / {FSDP2_HINT}"),
+    (["runtime.gradient_checkpointing=true"],
+     f"lower stages.pretrain.batch.per_device (accumulation keeps the global batch), or set runtime.precision: bf16 / "
+     f"{FSDP2_HINT}; already on: runtime.gradient_checkpointing: true"),
+], ids=["checkpointing_off", "checkpointing_on"])
+def test_out_of_memory_names_the_batch_and_what_to_do(fast, registry, monkeypatch, overrides, advice) -> None:
+    """The hint recommends only the memory savings that are off, and names those already on."""
     from kdkit.engine.step import Distiller
 
     def exhausted(self, batch):
@@ -189,10 +200,21 @@ def test_out_of_memory_names_the_batch_and_what_to_do(fast, registry, monkeypatc
 
     monkeypatch.setattr(Distiller, "forward", exhausted)
     with pytest.raises(KdkitError) as caught:
-        run(fast, registry, report=False)
-    assert str(caught.value) == (
-        "out of memory in stage 'pretrain' step 1 with batch.per_device=2 on cpu: lower stages.pretrain.batch.per_device "
-        "(accumulation keeps the global batch), or set runtime.gradient_checkpointing: true / runtime.precision: bf16")
+        run(fast + overrides, registry, report=False)
+    assert str(caught.value) == f"out of memory in stage 'pretrain' step 1 with batch.per_device=2 on cpu: {advice}"
+
+
+def test_out_of_memory_with_every_saving_on_names_what_is_left(tiny_recipe, registry) -> None:
+    from kdkit.recipe import load_recipe
+
+    recipe = load_recipe(tiny_recipe, ["stages.finetune.batch.per_device=1", "runtime.gradient_checkpointing=true",
+                                       "runtime.precision=bf16", "runtime.distributed.strategy=fsdp2"], registry=registry)
+    message = trainer_module.out_of_memory_message("finetune", 4, recipe.stages["finetune"], recipe.runtime,
+                                                   torch.device("cuda", 3))
+    assert message == (
+        "out of memory in stage 'finetune' step 5 with batch.per_device=1 on cuda:3: train fewer parameters "
+        "(stages.finetune.trainable) or use a device with more memory; already on: runtime.gradient_checkpointing: "
+        "true, runtime.precision: bf16, runtime.distributed.strategy: fsdp2")
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
