@@ -26,7 +26,7 @@ def test_contract(tmp_path: Path) -> None:
 
 def test_questions_prompts_and_images(tmp_path: Path) -> None:
     root = write_textvqa(tmp_path / "textvqa")
-    questions = build(tmp_path).questions()  # default root "textvqa" under the data root
+    questions = build(tmp_path, ocr_tokens=False).questions()  # default root "textvqa" under the data root
     assert [q.id for q in questions] == ["34602", "34603", "34604", "34605"]
     assert questions[0].prompt == "What is the brand of this camera?" + INSTRUCTION
     assert questions[0].image == root / "train_images" / "003a8ae2ef43b901.jpg"
@@ -128,6 +128,6 @@ def test_malformed_records_name_record_and_field(tmp_path: Path) -> None:
 def test_ocr_tokens_required_only_when_asked(tmp_path: Path) -> None:
     record = {k: v for k, v in textvqa_record(1, "img", "what?", ["a"] * 10).items() if k != "ocr_tokens"}
     write_textvqa(tmp_path / "textvqa", [record])
-    assert build(tmp_path).questions()[0].prompt == "What?" + INSTRUCTION
+    assert build(tmp_path, ocr_tokens=False).questions()[0].prompt == "What?" + INSTRUCTION
     with pytest.raises(BenchmarkFileError, match="data\\[0\\] has no field 'ocr_tokens'"):
-        build(tmp_path, ocr_tokens=True)
+        build(tmp_path)  # LLaVA-1.5's prompt, with OCR tokens, is the default
