@@ -125,7 +125,7 @@ def _probe(kind: str, name: str, built: Any, example: Example) -> Any:
             raise _fail(kind, name, f"encode() shape {tuple(features.shape)} != declared feature_spec {expected}")
         return features
     if kind == "benchmark":
-        return _probe_benchmark(name, built)
+        return _probe_benchmark(name, built, example.inputs)
     if kind == "data":
         if len(built) == 0:
             raise _fail(kind, name, "built an empty dataset from its example")
@@ -133,7 +133,7 @@ def _probe(kind: str, name: str, built: Any, example: Example) -> Any:
     return None
 
 
-def _probe_benchmark(name: str, built: Any) -> None:
+def _probe_benchmark(name: str, built: Any, example_inputs: tuple[Any, ...] | None = None) -> None:
     """Declarations hold; a generative benchmark's questions are well formed and empty answers score
     every declared metric (finite); an unknown question id is refused."""
     import math
@@ -147,6 +147,13 @@ def _probe_benchmark(name: str, built: Any) -> None:
     if built.primary not in built.metrics:
         raise _fail(kind, name, f"primary metric {built.primary!r} is not among its metrics {built.metrics}")
     if isinstance(built, ModelBenchmark):
+        if example_inputs:  # an example subject: every declared metric comes back finite
+            scores = built.evaluate(*example_inputs)
+            for metric in built.metrics:
+                value = scores.metrics.get(metric)
+                if value is None or not math.isfinite(value):
+                    raise _fail(kind, name, f"evaluate() gave metric {metric!r} = {value!r}; every declared metric "
+                                            "must be finite")
         return None
     if not isinstance(built, GenerativeBenchmark):
         raise _fail(kind, name, "has neither questions()+score() nor evaluate()")

@@ -110,6 +110,9 @@ class FeatureFidelity:
             source = f" ({subject.source} is an export)" if subject.source is not None else ""
             raise KdkitError(f"{NAME}: {NEEDS_RUN}{source}")
         distiller = subject.extras.get("distiller")
+        if distiller is None and subject.source is not None:  # a run directory: build its teachers and heads once
+            distiller = build_distiller(subject.source, subject.checkpoint, device=subject.device)
+            subject.extras["distiller"] = distiller
         if distiller is None:
             raise KdkitError(f"{NAME}: the subject carries no distiller (extras['distiller']); build it with "
                              "kdkit_plugins.benchmarks.feature_fidelity.build_distiller(run_dir, checkpoint, registry)")
