@@ -72,6 +72,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     for path in args.recipes:
         try:
             recipe = load_recipe(path, args.set)
+            if recipe.eval is not None:  # build the benchmark: eval.select must be one of its metrics
+                from kdkit.engine.validation import prepare_validation
+
+                prepare_validation(recipe, _registry(), str(path))
         except KdkitError as exc:
             failed += 1
             print(f"error: {exc}", file=sys.stderr)
@@ -111,7 +115,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     """Write a run's student for inference (no teachers, no KD heads) and count its parameters."""
     from kdkit.export import export_run
 
-    count = export_run(args.run_dir, args.out_dir, checkpoint=args.checkpoint, data_root=args.data_root)
+    checkpoint = args.checkpoint
+    if args.best:
+        from kdkit.evaluation.subject import run_checkpoint
+
+        if checkpoint is not None:
+            raise KdkitError("give either --checkpoint or --best, not both")
+        checkpoint = run_checkpoint(args.run_dir, "best")
+    count = export_run(args.run_dir, args.out_dir, checkpoint=checkpoint, data_root=args.data_root)
     print(f"exported to {args.out_dir}")
     print("parameters at inference:")
     for line in count.lines():
@@ -172,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     p.add_argument("out_dir", type=Path, metavar="OUT_DIR")
     p.add_argument("--checkpoint", type=Path, help="checkpoint directory to export (default: the run's latest)")
+    p.add_argument("--best", action="store_true", help="export the best checkpoint by the recipe's eval.select metric")
     p.add_argument("--data-root", help="directory the recipe's relative paths resolve against (default: the recipe's)")
     p.set_defaults(func=cmd_export)
 

@@ -36,6 +36,9 @@ def recipe_model(registry: Registry) -> type[BaseModel]:
     weight = schema.LossBlock.model_fields["weight"]
     weight_field = (float, Field(weight.default, ge=0.0, description=weight.description))
     stage = create_model("Stage", __base__=schema.Stage, data=(_union(registry, "data"), ...))
+    benchmark = schema.Eval.model_fields["benchmark"]
+    evaluation = create_model("Eval", __base__=schema.Eval, __doc__=schema.Eval.__doc__,
+                              benchmark=(_union(registry, "benchmark"), Field(description=benchmark.description)))
     fields = schema.Recipe.model_fields
     return create_model(
         "Recipe",
@@ -47,6 +50,7 @@ def recipe_model(registry: Registry) -> type[BaseModel]:
         adapters=(dict[schema.Key, _union(registry, "adapter")], Field(default_factory=dict, description=fields["adapters"].description)),
         losses=(dict[schema.Key, _union(registry, "loss", {"weight": weight_field})], Field(description=fields["losses"].description)),
         stages=(dict[schema.Key, stage], Field(description=fields["stages"].description)),
+        eval=(evaluation | None, Field(None, description=fields["eval"].description)),
     )
 
 
@@ -98,6 +102,7 @@ ENVELOPE_SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("Batch (`stages.<name>.batch`)", schema.Batch),
     ("Runtime (`runtime`)", schema.Runtime),
     ("Distributed (`runtime.distributed`)", schema.Distributed),
+    ("Evaluation during training (`eval`)", schema.Eval),
 ]
 
 KIND_TITLES = {

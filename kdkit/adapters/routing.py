@@ -178,6 +178,17 @@ class RouterLog:
         """Forget the last outputs (not the counts)."""
         self._last = {}
 
+    @contextlib.contextmanager
+    def preserved(self) -> Iterator[None]:
+        """Inside: forwards are logged into a scratch log; after: the last outputs and the usage counts
+        are those of before (an evaluation between training steps leaves training's statistics alone)."""
+        last, counts = self._last, self._counts
+        self._last, self._counts = {}, {}
+        try:
+            yield
+        finally:
+            self._last, self._counts = last, counts
+
     def __deepcopy__(self, memo: dict) -> RouterLog:
         # router outputs are transient (and hold autograd graphs, which cannot be deep-copied):
         # a copied model starts with an empty log

@@ -242,9 +242,10 @@ def latest_checkpoint(directory: Path) -> Path:
     return found[-1]
 
 
-#: Runtime settings that may change between a run and its resumption.
+#: Settings that may change between a run and its resumption.
 VOLATILE = ("runtime.output_dir", "runtime.data_root", "runtime.log_every", "runtime.checkpoint_every",
-            "runtime.keep_last", "runtime.num_workers", "runtime.device", "description")
+            "runtime.keep_last", "runtime.num_workers", "runtime.device", "description", "eval.every",
+            "eval.batch_size")
 
 
 def _flat(data: Any, prefix: str = "") -> dict[str, Any]:

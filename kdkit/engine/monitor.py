@@ -1,7 +1,8 @@
 """What a user sees during a run: a progress bar, ``metrics.jsonl`` and TensorBoard events.
 
 Only rank 0 writes. Each JSONL record is one logged optimizer step: the per-term UNWEIGHTED
-losses, the weighted total, learning rate, gradient norm, throughput, timings and expert usage.
+losses, the weighted total, learning rate, gradient norm, throughput, timings and expert usage;
+or, with an ``eval`` block in the recipe, one evaluation (its metrics under ``eval``).
 """
 
 from __future__ import annotations
@@ -33,12 +34,21 @@ def truncate_metrics(run_dir: Path, step: int) -> None:
     path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
 
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """Every record of a run's ``metrics.jsonl``."""
+def _records(run_dir: Path) -> list[dict[str, Any]]:
     path = run_dir / METRICS
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """Every training record (one per logged optimizer step) of a run's ``metrics.jsonl``."""
+    return [r for r in _records(run_dir) if "eval" not in r]
+
+
+def read_evaluations(run_dir: Path) -> list[dict[str, Any]]:
+    """Every evaluation record of a run's ``metrics.jsonl`` (``step``, ``stage``, ``benchmark``, ``eval``...)."""
+    return [r for r in _records(run_dir) if "eval" in r]
 
 
 class Monitor:
@@ -100,6 +110,18 @@ class Monitor:
             for block, fractions in blocks.items():
                 for expert, fraction in enumerate(fractions):
                     self.writer.add_scalar(f"routing/{group}/{block}/expert{expert}", fraction, step)
+
+    def log_eval(self, record: dict[str, Any]) -> None:
+        """Append one evaluation record to ``metrics.jsonl``; its metrics go to TensorBoard as ``eval/<metric>``."""
+        if not self.main:
+            return
+        with open(self.run_dir / METRICS, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if self.writer is None:
+            return
+        for name, value in record["eval"].items():
+            self.writer.add_scalar(f"eval/{name}", value, record["step"])
+        self.writer.flush()
 
     def close_bar(self) -> None:
         """Close the current progress bar."""

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from kdkit.engine.monitor import read_metrics
+from kdkit.engine.monitor import read_evaluations, read_metrics
 
 
 def _figure(width: float = 7.0, height: float = 4.0) -> Any:
@@ -87,6 +87,24 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
     return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
 
 
+def evaluation_lines(run_dir: Path) -> list[str]:
+    """The ``## Evaluation`` section: every evaluation during training and the best checkpoint (none: empty)."""
+    from kdkit.engine.best import read_best
+
+    records = read_evaluations(run_dir)
+    if not records:
+        return []
+    names = list(dict.fromkeys(n for r in records for n in r["eval"]))
+    rows = [[r["step"], r["stage"], *(f"{r['eval'].get(n, float('nan')):.4g}" for n in names)] for r in records]
+    lines = ["## Evaluation", "", f"Benchmark `{records[-1]['benchmark']}`, evaluated during training.", ""]
+    lines += _table(["step", "stage", *names], rows)
+    best = read_best(run_dir / "checkpoints")
+    if best is not None:
+        lines += ["", f"Best checkpoint (`checkpoints/best`): step {best['step']} ({best['stage']}), "
+                  f"{best['metric']} = {best['value']:.4g} ({best['mode']})."]
+    return lines + [""]
+
+
 def write_report(run_dir: Path) -> Path:
     """Write ``report.md`` and its plots into ``run_dir``; returns the report's path."""
     import matplotlib.pyplot as plt
@@ -121,6 +139,7 @@ def write_report(run_dir: Path) -> Path:
             plot_usage(group, blocks, run_dir / f"routing_{group}.png")
             lines += [f"![expert usage, {group} router](routing_{group}.png)", ""]
         plt.close("all")
+    lines += evaluation_lines(run_dir)
     if env:
         lines += ["## Environment", ""] + _table(["", ""], [[k, v] for k, v in env.items() if k != "plugins"])
     path = run_dir / "report.md"

@@ -22,6 +22,7 @@ from kdkit.engine.checkpoint import Checkpoint, check_model_state, latest_checkp
 from kdkit.engine.distributed import World, close_world, init_world
 from kdkit.engine.monitor import Monitor, console, truncate_metrics
 from kdkit.engine.trainer import Trainer
+from kdkit.engine.validation import prepare_validation
 from kdkit.errors import CheckpointError, KdkitError
 from kdkit.recipe import Recipe, dump_recipe, load_recipe, recipe_dict
 from kdkit.registry import Registry
@@ -105,6 +106,7 @@ def run_recipe(recipe_path: str | Path, overrides: Iterable[str] = (), resume: b
         registry = get_registry()
     recipe = load_recipe(recipe_path, overrides, registry=registry)
     recipe_data = recipe_dict(recipe)
+    validation = prepare_validation(recipe, registry, str(recipe_path))  # the benchmark's files are read now
     world = init_world(recipe.runtime)
     try:
         run_dir = run_dir_of(recipe)
@@ -124,7 +126,7 @@ def run_recipe(recipe_path: str | Path, overrides: Iterable[str] = (), resume: b
             check_model_state(checkpoint.path, checkpoint.shapes, live, checkpoint.state.get("trained", []))
             console(f"resuming from {checkpoint.path} (global step {checkpoint.state['global_step']})", world.main)
         monitor = Monitor(run_dir, world.main, tensorboard=tensorboard, progress=progress)
-        Trainer(recipe, distiller, registry, world, run_dir, monitor, recipe_data).fit(checkpoint)
+        Trainer(recipe, distiller, registry, world, run_dir, monitor, recipe_data, validation).fit(checkpoint)
         if world.main and report:
             from kdkit.engine.report import write_report
 

@@ -96,6 +96,8 @@ def save(trainer: Trainer, model: nn.Module, optimizer: torch.optim.Optimizer, s
                  "accumulation": plan.accumulation},
         "recipe": trainer.recipe_data,
     }
+    if trainer.validation is not None:  # a resumed run must not replace a better best with a worse one
+        meta["best"] = trainer.validation.best
     directory = trainer.run_dir / "checkpoints"
     if world.strategy == "fsdp2":
         from torch.distributed.checkpoint.state_dict import get_state_dict

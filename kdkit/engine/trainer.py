@@ -14,7 +14,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -29,6 +29,9 @@ from kdkit.engine.step import Distiller, weighted_total
 from kdkit.errors import KdkitError
 from kdkit.recipe.schema import Recipe, Runtime, Stage
 from kdkit.registry import Registry
+
+if TYPE_CHECKING:
+    from kdkit.engine.validation import Validation
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -91,12 +94,16 @@ class Trainer:
         run_dir: The run directory (checkpoints go to ``run_dir/checkpoints``).
         monitor: Progress bar and metric writers.
         recipe_data: The resolved recipe (stored in every checkpoint).
+        validation: The recipe's ``eval`` block with its benchmark built, or None.
     """
 
     def __init__(self, recipe: Recipe, distiller: Distiller, registry: Registry, world: World, run_dir: Path,
-                 monitor: Monitor, recipe_data: dict[str, Any]) -> None:
+                 monitor: Monitor, recipe_data: dict[str, Any], validation: Validation | None = None) -> None:
         self.recipe, self.distiller, self.registry, self.world = recipe, distiller, registry, world
         self.run_dir, self.monitor, self.recipe_data = run_dir, monitor, recipe_data
+        self.validation = validation
+        if validation is not None:
+            validation.attach(world, distiller.plugin)
         self.runtime = recipe.runtime
         self.weights = {name: block.weight for name, block in recipe.losses.items()}
         self.global_step = 0
@@ -123,6 +130,8 @@ class Trainer:
             self.trained = set(resume.state["trained"])
             self.meter.skipped = resume.state.get("skipped", 0)
             self.pending = resume
+            if self.validation is not None:
+                self.validation.resume(resume.state.get("best"), self.run_dir / "checkpoints", self.world.main)
         # every stage's data is opened before the first step: a bad path or file fails now, not hours in
         self.datasets = {name: self.build_data(name, stage) for name, stage in self.recipe.stages.items()}
         for index, (name, stage) in enumerate(self.recipe.stages.items()):
@@ -175,8 +184,12 @@ class Trainer:
             if self.global_step % self.runtime.log_every == 0 or last:
                 self.monitor.log(meter.record(self.global_step, name, stage_step + 1, scheduler, self.distiller))
             self.monitor.advance(*meter.last(scheduler))
-            if self.global_step % self.runtime.checkpoint_every == 0 or last:
+            best = self.validation is not None and self.validation.due(self.global_step, name, last) \
+                and self.validation.run(self, model, name, stage_step + 1)
+            if best or self.global_step % self.runtime.checkpoint_every == 0 or last:  # a new best gets its checkpoint
                 state.save(self, model, optimizer, scheduler, index, name, stage_step + 1, plan)
+            if best and self.validation is not None:
+                self.validation.publish(self.run_dir / "checkpoints", self.world)
         self.monitor.close_bar()
 
     # one optimizer step ----------------------------------------------------------------------

@@ -41,6 +41,8 @@ def recipe_dict(recipe: Recipe) -> dict[str, Any]:
             node = node[int(part)] if isinstance(node, list) else node[part]
         resolved = block.config.model_dump(mode="json")
         node.update(resolved)
+    if data.get("eval") is None:  # no section rather than `eval: null`: recipes of earlier runs stay identical
+        data.pop("eval", None)
     return data
 
 

@@ -84,6 +84,18 @@ def split_path(dotted: str) -> list[str]:
     return [part for part in _INDEX.sub(r".\1", dotted).split(".") if part]
 
 
+def _without_none(annotation: Any) -> Any:
+    """``X | None`` -> ``X`` (an optional section such as ``eval``); anything else unchanged."""
+    import types
+    import typing
+
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return annotation
+
+
 def envelope_section(parts: list[str]) -> Any:
     """The settings model that ``parts`` names in the recipe envelope (e.g. ``runtime.distributed``
     or ``stages.<name>.schedule``), or None (plugin blocks and plain values are not sections)."""
@@ -97,7 +109,7 @@ def envelope_section(parts: list[str]) -> Any:
             field = model.model_fields.get(part)
             if field is None:
                 return None
-            model = field.annotation
+            model = _without_none(field.annotation)
         elif getattr(model, "__origin__", None) is dict:
             model = model.__args__[1]
         else:

@@ -1,8 +1,8 @@
 """The recipe envelope: everything a recipe holds besides the plugins' own fields.
 
 Plugin blocks (``student``, ``teachers.*``, ``*.align[i]``, ``scorer``, ``adapters.*``,
-``losses.*``, ``stages.*.data``) are only checked for a ``kind`` here; the second validation
-stage checks each against the config class of the plugin its ``kind`` names.
+``losses.*``, ``stages.*.data``, ``eval.benchmark``) are only checked for a ``kind`` here; the
+second validation stage checks each against the config class of the plugin its ``kind`` names.
 """
 
 from __future__ import annotations
@@ -132,6 +132,32 @@ class Runtime(Strict):
     num_workers: int = Field(0, ge=0, description="Data-loader worker processes.")
 
 
+class Eval(Strict):
+    """Validation during training: a benchmark scored on the live student, the best checkpoint kept."""
+
+    benchmark: Block = Field(
+        description="Benchmark plugin block: `kind` plus that benchmark's own fields (`kdkit plugins` lists them). "
+        "It is built once, at run start: a missing or broken benchmark file fails before step 1."
+    )
+    every: int | None = Field(
+        None, gt=0, description="Evaluate every N optimizer steps (counted over the whole run, like "
+        "`runtime.checkpoint_every`), and at the end of every evaluated stage (null: only at stage ends)."
+    )
+    stages: list[str] | None = Field(None, description="Names of the stages that evaluate (default: all).")
+    select: str | None = Field(
+        None, description="Metric that selects the best checkpoint (default: the benchmark's primary metric); "
+        "it must be one the benchmark produces."
+    )
+    mode: Literal["max", "min"] = Field(
+        "max", description="Whether a higher (max) or lower (min) `select` value is better."
+    )
+    limit: int | None = Field(
+        None, gt=0, description="Score only the first N questions of a question-answering benchmark (default: all). "
+        "A quick signal, not comparable to a full evaluation."
+    )
+    batch_size: int = Field(16, gt=0, description="Questions per generate call of a question-answering benchmark.")
+
+
 class Recipe(Strict):
     """A whole distillation recipe."""
 
@@ -143,6 +169,9 @@ class Recipe(Strict):
     adapters: dict[Key, Block] = Field(default_factory=dict, description="Adapters injected into the student, by name.")
     losses: dict[Key, LossBlock] = Field(description="Loss terms by name; the total loss is their weighted sum.")
     stages: dict[Key, Stage] = Field(description="Training stages, run in order; each starts from the previous one's result.")
+    eval: Eval | None = Field(
+        None, description="Validation during training and best-checkpoint selection (null: none)."
+    )
     runtime: Runtime = Field(default_factory=Runtime, description="Execution settings.")
 
     def blocks(self) -> list[tuple[str, str, Block]]:
@@ -156,4 +185,6 @@ class Recipe(Strict):
         found += [("adapter", f"adapters.{n}", a) for n, a in self.adapters.items()]
         found += [("loss", f"losses.{n}", a) for n, a in self.losses.items()]
         found += [("data", f"stages.{n}.data", s.data) for n, s in self.stages.items()]
+        if self.eval is not None:
+            found.append(("benchmark", "eval.benchmark", self.eval.benchmark))
         return found

@@ -19,7 +19,7 @@ from kdkit.registry import Registry
 #: Envelope model of each plugin kind's blocks (its non-``kind`` fields are not the plugin's).
 BLOCK_TYPES: dict[str, type[Block]] = {
     "student": Block, "teacher": TeacherBlock, "aligner": Block, "scorer": Block,
-    "adapter": Block, "loss": LossBlock, "data": Block,
+    "adapter": Block, "loss": LossBlock, "data": Block, "benchmark": Block,
 }
 
 
@@ -55,6 +55,10 @@ def _cross_checks(recipe: Recipe) -> list[Problem]:
                 problems.append(
                     Problem(f"stages.{stage_name}.losses[{i}]", f"{loss!r} is not a loss of this recipe (losses: {', '.join(recipe.losses)})")
                 )
+    for i, stage_name in enumerate((recipe.eval.stages or []) if recipe.eval is not None else []):
+        if stage_name not in recipe.stages:
+            problems.append(Problem(f"eval.stages[{i}]", f"{stage_name!r} is not a stage of this recipe "
+                                    f"(stages: {', '.join(recipe.stages)})"))
     return problems
 
 
@@ -87,6 +91,7 @@ def raw_blocks(data: Mapping[str, Any]) -> list[tuple[str, str, dict[str, Any]]]
         add("loss", f"losses.{name}", loss)
     for name, stage in mapping(data.get("stages")).items():
         add("data", f"stages.{name}.data", mapping(stage).get("data"))
+    add("benchmark", "eval.benchmark", mapping(data.get("eval")).get("benchmark"))
     return found
 
 
