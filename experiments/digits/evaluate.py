@@ -1,74 +1,29 @@
-"""Test accuracy of a trained student: a plain loop over a dataset, the student's logits, argmax.
+"""Test accuracy of a digits run through kdkit's evaluation layer (the ``classification`` benchmark).
 
-:func:`trained_student` rebuilds a run's student (adapters injected) from its ``recipe.yaml`` and
-loads the student tensors of its latest checkpoint; :func:`accuracy` evaluates any student plugin.
+``kdkit eval RUN_DIR --benchmark classification --set data={kind: digits, split: test, image_size: 32}``
+gives the same number.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch.utils.data import DataLoader, Dataset
-
-from kdkit.interfaces import BuildContext
+from kdkit.evaluation import build_benchmark, evaluate, load_subject
 
 
-def _registry(registry: Any) -> Any:
-    if registry is not None:
-        return registry
-    from kdkit.plugins import get_registry
-
-    return get_registry()
+def held_out_benchmark(data: dict[str, Any]) -> Any:
+    """The ``classification`` benchmark of a data block (e.g. ``{"kind": "digits", "split": "test"}``)."""
+    return build_benchmark({"kind": "classification", "data": dict(data), "batch_size": 256})
 
 
-def trained_student(run_dir: Path, registry: Any = None) -> tuple[Any, dict[str, Any]]:
-    """The student of ``run_dir`` (and its adapters, by name) with the weights of the run's latest checkpoint, in eval mode.
-
-    Raises:
-        CheckpointError: no recipe or checkpoint, or checkpoint tensors the student does not have.
-    """
-    from kdkit.export import trained_student as load_run_student
-
-    student, adapters, _, _ = load_run_student(run_dir, registry=_registry(registry))
-    student.model.eval()
-    return student, adapters
-
-
-def accuracy(student: Any, dataset: Dataset, adapters: Sequence[Any] = (), batch_size: int = 256) -> float:
-    """Fraction of ``dataset`` samples whose label is the argmax of ``student(batch).logits``.
-
-    Args:
-        student: A student plugin object (its ``model`` is put in eval mode).
-        dataset: Samples with ``images`` and ``labels``.
-        adapters: Adapter handles injected into the student; they route every token (``routed``).
-        batch_size: Samples per forward.
-    """
-    from kdkit.engine.step import routing
-
-    student.model.eval()
-    correct = total = 0
-    with torch.no_grad(), routing(adapters, "routed"):
-        for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-            logits = student({"images": batch["images"]}).logits
-            correct += int((logits.argmax(-1) == batch["labels"]).sum())
-            total += len(batch["labels"])
-    return correct / total
-
-
-def build_dataset(data: Mapping[str, Any], registry: Any = None) -> Dataset:
-    """The dataset a data block names (e.g. ``{"kind": "digits", "split": "test"}``), built without a student."""
-    return _registry(registry).build("data", dict(data), BuildContext(name="test"))
-
-
-def evaluate_run(run_dir: Path, dataset: Dataset, export_dir: Path | None = None) -> float:
-    """Test accuracy of ``run_dir``'s student; with ``export_dir``, also export it there (adapters ejected)."""
-    student, adapters = trained_student(run_dir)
-    score = accuracy(student, dataset, list(adapters.values()))
+def evaluate_run(run_dir: Path, benchmark: Any, export_dir: Path | None = None) -> float:
+    """Top-1 accuracy (a fraction) of ``run_dir``'s student on ``benchmark``; with ``export_dir``, also
+    write the student there in its library's format (adapters ejected)."""
+    subject = load_subject(run_dir)
+    result = evaluate(subject, benchmark, "classification", progress=False)
     if export_dir is not None:
-        for handle in adapters.values():
+        for handle in subject.adapters.values():
             handle.eject()
-        student.export(Path(export_dir))
-    return score
+        subject.student.export(Path(export_dir))
+    return result.scores.metrics["top1"] / 100

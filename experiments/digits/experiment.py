@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from experiments.digits.evaluate import build_dataset, evaluate_run
+from experiments.digits.evaluate import evaluate_run, held_out_benchmark
 from kdkit.errors import KdkitError
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes" / "vision"
@@ -61,7 +61,7 @@ class Results:
                 "settings": self.settings}
 
 
-def train_and_evaluate(recipe: Path, run_dir: Path, overrides: Sequence[str], dataset: Any,
+def train_and_evaluate(recipe: Path, run_dir: Path, overrides: Sequence[str], benchmark: Any,
                        export_dir: Path | None = None) -> dict[str, Any]:
     """Train ``recipe`` into ``run_dir``, measure test accuracy, export the student to ``export_dir`` (when given).
 
@@ -79,7 +79,7 @@ def train_and_evaluate(recipe: Path, run_dir: Path, overrides: Sequence[str], da
     started = time.perf_counter()
     run_recipe(recipe, [*overrides, f"runtime.output_dir={run_dir}"], tensorboard=False, progress=False, report=False)
     wall = time.perf_counter() - started
-    result = {"accuracy": evaluate_run(run_dir, dataset, export_dir), "wall_s": wall, "overrides": list(overrides)}
+    result = {"accuracy": evaluate_run(run_dir, benchmark, export_dir), "wall_s": wall, "overrides": list(overrides)}
     done.write_text(json.dumps(result) + "\n", encoding="utf-8")
     return result
 
@@ -102,7 +102,7 @@ def run_experiment(output_dir: Path, seeds: int = 3, budget: Budget = FULL, dist
     source = Path(teachers_from) if teachers_from is not None else output_dir
     data_root = (source / "data").resolve()
     runs = output_dir / "runs"
-    dataset = build_dataset(TEST_DATA)
+    benchmark = held_out_benchmark(TEST_DATA)
     results = Results(settings={"seeds": seeds, "budget": budget.__dict__, "distill_overrides": list(distill_overrides),
                                 "teachers_from": str(teachers_from) if teachers_from is not None else None})
     for name in TEACHERS:
@@ -112,14 +112,14 @@ def run_experiment(output_dir: Path, seeds: int = 3, budget: Budget = FULL, dist
         log(f"teacher {name}: training on the train split")
         results.teachers[name] = train_and_evaluate(
             RECIPES / "digits_teachers" / f"{name}.yaml", runs / f"teacher_{name}",
-            [*budget.overrides(teacher=True), f"runtime.data_root={data_root}"], dataset, data_root / "teachers" / name)
+            [*budget.overrides(teacher=True), f"runtime.data_root={data_root}"], benchmark, data_root / "teachers" / name)
         log(f"teacher {name}: test accuracy {results.teachers[name]['accuracy']:.4f}")
     for seed in range(seeds):
         common = [f"runtime.seed={seed}", f"runtime.data_root={data_root}", *budget.overrides(teacher=False)]
         for role, recipe, extra, where in (("alone", "digits_student_alone.yaml", (), source / "runs"),
                                            ("distilled", "digits_3teachers.yaml", tuple(distill_overrides), runs)):
             log(f"student {role}, seed {seed}")
-            result = train_and_evaluate(RECIPES / recipe, where / f"{role}_seed{seed}", [*common, *extra], dataset)
+            result = train_and_evaluate(RECIPES / recipe, where / f"{role}_seed{seed}", [*common, *extra], benchmark)
             getattr(results, role).append(result)
             log(f"student {role}, seed {seed}: test accuracy {result['accuracy']:.4f}")
     results.wall_s = time.perf_counter() - started
