@@ -12,6 +12,9 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[test,docs]"
+	# lmms-eval for the integration test, without the pins of its full extra (`pip install "kdkit[lmms]"`)
+	$(PY) -m pip install --quiet --no-deps "lmms-eval>=0.7,<0.8"
+	$(PY) -m pip install --quiet accelerate datasets evaluate loguru sacrebleu pytz tenacity pytablewriter "filelock>=3.16,<4"
 	touch $(STAMP)
 
 install: $(STAMP)
