@@ -137,3 +137,34 @@ def test_neither_export_nor_run(tmp_path: Path, capsys: pytest.CaptureFixture[st
     root = write_pope(tmp_path / "pope")
     code, err = run_cli(["eval", str(tmp_path), "--benchmark", "pope", "--set", f"root={root}"], capsys)
     assert code == 1 and "is neither a kdkit export (no kdkit_student.yaml) nor a run directory" in err
+
+
+def test_a_classifier_run_reports_top1_knn_and_linear_probe(tmp_path: Path, registry,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    from kdkit.engine.run import run_recipe
+    from kdkit.evaluation import build_benchmark, evaluate, load_subject
+
+    recipe = Path(__file__).resolve().parents[2] / "recipes" / "vision" / "digits_student_alone.yaml"
+    run_dir = run_recipe(recipe, ["stages.train.max_steps=3", f"runtime.output_dir={tmp_path / 'run'}"],
+                         registry=registry, tensorboard=False, progress=False, report=False)
+    data = "{kind: digits, split: %s, image_size: 32}"
+    argv = ["eval", str(run_dir), "--benchmark", "classification", "--benchmark", "knn_probe", "--benchmark",
+            "linear_probe", "--set", f"classification.data={data % 'test'}", "--set", f"knn_probe.train={data % 'train'}",
+            "--set", f"knn_probe.test={data % 'test'}", "--set", f"linear_probe.train={data % 'train'}",
+            "--set", f"linear_probe.test={data % 'test'}", "--quiet"]
+    assert main(argv) == 0
+    table = capsys.readouterr().out
+    assert "| student | classification (top1) | knn_probe (top1) | linear_probe (top1) |" in table
+    found = {}
+    for name in ("classification", "knn_probe", "linear_probe"):
+        found[name] = json.loads((run_dir / "eval" / "step-00000003" / name / "metrics.json").read_text())["metrics"]
+    assert set(found["classification"]) == {"top1", "top5"} and 0 <= found["classification"]["top1"] <= 100
+    # the CLI's numbers are the benchmark's own on the same checkpoint
+    block = {"kind": "knn_probe", "train": {"kind": "digits", "split": "train", "image_size": 32},
+             "test": {"kind": "digits", "split": "test", "image_size": 32}}
+    direct = evaluate(load_subject(run_dir, registry=registry), build_benchmark(block, registry=registry), "knn_probe",
+                      progress=False)
+    assert direct.scores.metrics["top1"] == pytest.approx(found["knn_probe"]["top1"])
+    row = next(line for line in table.splitlines() if line.startswith("| run |"))
+    assert row == f"| run | {found['classification']['top1']:.1f} | {found['knn_probe']['top1']:.1f} | " \
+                  f"{found['linear_probe']['top1']:.1f} |"
