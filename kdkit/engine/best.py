@@ -17,20 +17,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from kdkit.engine.checkpoint import BEST, TMP
+from kdkit.engine.checkpoint import BEST, TMP, fsync_dir
 
 #: Name of the file, inside the best checkpoint, that records why it is the best.
 BEST_FILE = "best.json"
 #: Prefix of the directory ``best`` links to.
 BEST_PREFIX = "best-"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _copy_synced(source: Path, target: Path) -> None:
@@ -49,7 +41,7 @@ def link_tree(source: Path, target: Path) -> None:
                 os.link(Path(root) / name, here / name)  # a step checkpoint's files never change: sharing is safe
             except OSError:
                 _copy_synced(Path(root) / name, here / name)
-        _fsync_dir(here)
+        fsync_dir(here)
 
 
 def read_best(directory: Path) -> dict[str, Any] | None:
@@ -86,9 +78,9 @@ def publish_best(directory: Path, source: Path, info: dict[str, Any]) -> Path:
     if target.exists():
         shutil.rmtree(target)  # left by a run killed before it swapped the link
     os.rename(tmp, target)
-    _fsync_dir(directory)
+    fsync_dir(directory)
     _point(link, target)
-    _fsync_dir(directory)
+    fsync_dir(directory)
     for old in directory.glob(f"{BEST_PREFIX}*"):
         if old.is_dir() and old.name != target.name:
             shutil.rmtree(old, ignore_errors=True)
@@ -103,7 +95,7 @@ def _write_info(checkpoint: Path, info: dict[str, Any]) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(staged, checkpoint / BEST_FILE)
-    _fsync_dir(checkpoint)
+    fsync_dir(checkpoint)
 
 
 def _point(link: Path, target: Path) -> None:

@@ -113,7 +113,8 @@ def unflatten_optimizer(tensors: dict[str, Tensor], rest: dict[str, Any]) -> dic
     return {"state": state, "param_groups": rest["param_groups"]}
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a directory's entries (a rename, a new file) durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -175,9 +176,9 @@ def prepare(directory: Path, final: Path, suffix: str = "") -> Path:
 def publish(tmp: Path, final: Path, state: dict[str, Any], keep_last: int) -> None:
     """Write ``state.json`` last, rename ``tmp`` to ``final`` atomically, keep the last ``keep_last``."""
     _write_json(tmp / "state.json", {"format": FORMAT, **state})
-    _fsync_dir(tmp)
+    fsync_dir(tmp)
     os.rename(tmp, final)  # atomic: the checkpoint appears whole or not at all
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
     for old in list_checkpoints(final.parent)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
 
