@@ -13,24 +13,58 @@ import yaml
 from kdkit.errors import Problem, RecipeError, unknown_name_message
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a mapping holding the same key twice (YAML says keys are
+    unique; PyYAML silently keeps the last one, so a second teacher of the same name would vanish)."""
+
+    source = "<recipe>"
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise RecipeError(Problem("", f"duplicate key {key!r} in {self.source}: line {seen[key]} and line "
+                                              f"{line} (YAML keeps only the last; rename or remove one)"))
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """``yaml.safe_load`` of ``text`` that refuses duplicate keys (both lines named)."""
+    loader = _UniqueKeyLoader(text)
+    loader.source = source
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     """Parse one YAML recipe file into a mapping.
 
     Raises:
-        RecipeError: missing file, YAML syntax error (with line and column), or not a mapping.
+        RecipeError: missing or empty file, YAML syntax error (with line and column), a key given
+            twice in one mapping (both lines), or not a mapping.
     """
+    if path.is_dir():
+        raise RecipeError(Problem("", f"recipe {path} is a directory; give a .yaml file"))
     if not path.is_file():
         raise RecipeError(Problem("", f"recipe file not found: {path}"))
-    text = path.read_text(encoding="utf-8")
     try:
-        data = yaml.safe_load(text)
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecipeError(Problem("", f"cannot read recipe {path}: {getattr(exc, 'strerror', None) or exc}")) from None
+    try:
+        data = parse_yaml(text, str(path))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
         reason = getattr(exc, "problem", None) or str(exc)
         raise RecipeError(Problem("", f"YAML syntax error at {where}: {reason}")) from None
     if data is None:
-        data = {}
+        raise RecipeError(Problem("", f"recipe file {path} is empty (no recipe keys, only comments or blank lines)"))
     if not isinstance(data, dict):
         raise RecipeError(Problem("", f"{path} must hold a mapping of recipe keys, got {type(data).__name__}"))
     return data
@@ -139,7 +173,9 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
     for depth, part in enumerate(parts[:-1]):
         here = ".".join(parts[: depth + 1])
         if isinstance(node, dict):
-            if part not in node and envelope_section(parts[: depth + 1]) is not None:
+            parent = envelope_section(parts[:depth])
+            if part not in node and parent is not None and part in parent.model_fields \
+                    and envelope_section(parts[: depth + 1]) is not None:
                 node[part] = {}  # a section the recipe left to its defaults, e.g. runtime.distributed
             if part not in node or not isinstance(node[part], (dict, list)):
                 section = envelope_section(parts[:depth])

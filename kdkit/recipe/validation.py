@@ -11,7 +11,7 @@ from typing import Any
 
 import pydantic
 
-from kdkit.errors import Problem, RecipeError, UnknownPluginError
+from kdkit.errors import Problem, RecipeError, UnknownPluginError, closest
 from kdkit.recipe.schema import Block, LossBlock, Recipe, TeacherBlock
 from kdkit.registry import Registry
 
@@ -36,13 +36,48 @@ def loc_to_path(prefix: str, loc: tuple[Any, ...]) -> str:
     return path
 
 
-def pydantic_problems(prefix: str, error: pydantic.ValidationError) -> list[Problem]:
-    """One :class:`Problem` per pydantic error, with ``prefix`` prepended to its location."""
+def _model_at(model: Any, loc: tuple[Any, ...]) -> Any:
+    """The pydantic model that ``loc`` (a pydantic error location) lands in, walking fields,
+    ``dict`` values, list items and optional sections from ``model``; None when it lands elsewhere."""
+    import types
+    import typing
+
+    for part in loc:
+        if isinstance(model, type) and issubclass(model, pydantic.BaseModel):
+            field = model.model_fields.get(part) if isinstance(part, str) else None
+            if field is None:
+                return None
+            model = field.annotation
+        elif typing.get_origin(model) in (dict, list):
+            model = typing.get_args(model)[-1]
+        else:
+            return None
+        if typing.get_origin(model) in (typing.Union, types.UnionType):  # `X | None`
+            args = [a for a in typing.get_args(model) if a is not type(None)]
+            model = args[0] if len(args) == 1 else None
+    return model if isinstance(model, type) and issubclass(model, pydantic.BaseModel) else None
+
+
+def pydantic_problems(prefix: str, error: pydantic.ValidationError, model: Any = None,
+                      also: tuple[str, ...] = ()) -> list[Problem]:
+    """One :class:`Problem` per pydantic error, with ``prefix`` prepended to its location.
+
+    An unknown key gets a "did you mean" from the keys of ``model`` (the validated class) at its place
+    (plus ``also``, the envelope keys of a plugin block such as a loss's ``weight``).
+    """
     problems = []
     for item in error.errors(include_url=False):
         message = item["msg"]
         if item["type"] == "missing":
             message = "required key is missing"
+        elif item["type"] == "extra_forbidden" and model is not None and item["loc"]:
+            owner = _model_at(model, tuple(item["loc"][:-1]))
+            if owner is not None:
+                known = [k for k in owner.model_fields if k != "kind"]
+                known += [k for k in (also if len(item["loc"]) == 1 else ()) if k not in known]
+                hint = closest(str(item["loc"][-1]), known)
+                listed = f"known: {', '.join(known)}" if known else "this block takes no other key"
+                message = f"unknown key ({listed})" + (f"; did you mean {hint!r}?" if hint else "")
         problems.append(Problem(loc_to_path(prefix, item["loc"]), message))
     return problems
 
@@ -112,11 +147,11 @@ def validate_recipe(data: Mapping[str, Any], registry: Registry, source: str | N
         try:
             configs[path] = factory.config.model_validate(block)
         except pydantic.ValidationError as exc:
-            problems += pydantic_problems(path, exc)
+            problems += pydantic_problems(path, exc, factory.config, tuple(BLOCK_TYPES[kind].model_fields.keys() - {"kind"}))
     try:
         recipe = Recipe.model_validate(dict(data))
     except pydantic.ValidationError as exc:
-        raise RecipeError(sorted(pydantic_problems("", exc) + problems, key=_order(data)), source) from None
+        raise RecipeError(sorted(pydantic_problems("", exc, Recipe) + problems, key=_order(data)), source) from None
     problems += _cross_checks(recipe)
     if problems:
         raise RecipeError(sorted(problems, key=_order(data)), source)
