@@ -238,7 +238,7 @@ def test_recipe_errors_of_the_eval_block_are_reported_with_their_paths(tmp_path,
                                               "mode": "best", "every": 0})
     assert main(["validate", str(path)]) == 1
     err = capsys.readouterr().err
-    assert "eval.benchmark.scorez: Extra inputs are not permitted" in err
+    assert "eval.benchmark.scorez: unknown key" in err
     assert "eval.mode: Input should be 'max' or 'min'" in err
     assert "eval.every: Input should be greater than 0" in err
     assert main(["validate", str(RECIPE), "--set", "eval.every=2"]) == 1  # an absent section can be started by --set
