@@ -34,6 +34,19 @@ class DataError(KdkitError):
     """A dataset file, record or image is missing or malformed."""
 
 
+class StorageError(KdkitError):
+    """The filesystem refused a read or write (disk full, read-only, a file where a directory belongs...)."""
+
+
+def storage_error(what: str, path: object, exc: OSError) -> StorageError:
+    """``cannot write checkpoint runs/x/checkpoints: No space left on device (ENOSPC)`` from an ``OSError``."""
+    import errno
+
+    code = f" ({errno.errorcode[exc.errno]})" if exc.errno in errno.errorcode else ""
+    culprit = exc.filename if exc.filename is not None else path
+    return StorageError(f"cannot {what} {culprit}: {exc.strerror or exc}{code}")
+
+
 @dataclass(frozen=True)
 class Problem:
     """One validation problem: where it is (dotted path) and what is wrong."""

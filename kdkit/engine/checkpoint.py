@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -142,16 +143,36 @@ def save_checkpoint(directory: Path, step: int, model: dict[str, Tensor], optimi
 
     Raises:
         CheckpointError: a checkpoint for this step already exists (it is never overwritten).
+        StorageError: the filesystem refused the write (disk full, read-only...); the temporary
+            directory is removed and every complete checkpoint is left as it was.
     """
     final = checkpoint_path(directory, step)
     tmp = prepare(directory, final, f"-{os.getpid()}")
-    tmp.mkdir()
-    optim_tensors, optim_rest = flatten_optimizer(optimizer)
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.items()}, str(tmp / "model.safetensors"))
-    save_file(optim_tensors, str(tmp / "optimizer.safetensors"))
-    _write_json(tmp / "optimizer.json", optim_rest)
-    publish(tmp, final, {"layout": "safetensors", **state}, keep_last)
+    try:
+        tmp.mkdir()
+        optim_tensors, optim_rest = flatten_optimizer(optimizer)
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.items()}, str(tmp / "model.safetensors"))
+        save_file(optim_tensors, str(tmp / "optimizer.safetensors"))
+        _write_json(tmp / "optimizer.json", optim_rest)
+        publish(tmp, final, {"layout": "safetensors", **state}, keep_last)
+    except OSError as exc:
+        raise write_failed(tmp, final, exc) from None
+    except Exception as exc:  # safetensors reports I/O errors as its own type: "...: <reason> (os error N) at path ..."
+        found = re.search(r"I/O error: (.*?) \(os error (\d+)\)", str(exc))
+        if found is None:
+            raise
+        raise write_failed(tmp, final, OSError(int(found[2]), found[1])) from None
     return final
+
+
+def write_failed(tmp: Path, final: Path, exc: OSError) -> Exception:
+    """The error for a checkpoint write the filesystem refused, after removing its temporary directory."""
+    from kdkit.errors import storage_error
+
+    shutil.rmtree(tmp, ignore_errors=True)
+    error = storage_error(f"write checkpoint {final.name} into", final.parent, exc)
+    return type(error)(f"{error}; no complete checkpoint was touched: free space or fix the location, "
+                       "then continue with --resume")
 
 
 def checkpoint_path(directory: Path, step: int) -> Path:
@@ -167,7 +188,12 @@ def prepare(directory: Path, final: Path, suffix: str = "") -> Path:
     """
     if final.exists():
         raise CheckpointError(f"checkpoint {final} already exists; kdkit never overwrites a checkpoint")
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        from kdkit.errors import storage_error
+
+        raise storage_error("create the checkpoint directory", directory, exc) from None
     for stale in directory.glob(f"{TMP}*"):  # left by a run killed while writing
         shutil.rmtree(stale, ignore_errors=True)
     return directory / f"{TMP}{final.name}{suffix}"

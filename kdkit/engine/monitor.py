@@ -8,6 +8,7 @@ or, with an ``eval`` block in the recipe, one evaluation (its metrics under ``ev
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,21 +25,60 @@ def console(message: str, main: bool = True) -> None:
     tqdm.write(message, file=sys.stderr)
 
 
+def parse_metrics(path: Path, warn: bool = False) -> list[dict[str, Any]]:
+    """Every record of a ``metrics.jsonl``; a torn last line (a crash or a full disk mid-write) is
+    dropped, with a warning when ``warn``.
+
+    Raises:
+        DataError: a line other than the last is not JSON (the file was edited or damaged).
+    """
+    from kdkit.errors import DataError
+
+    lines = [(n, line) for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if line.strip()]
+    records = []
+    for index, (number, line) in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            if index + 1 < len(lines):
+                raise DataError(f"{path} line {number} is not a JSON record; repair or remove that line") from None
+            if warn:
+                console(f"warning: dropped the torn last line {number} of {path} (a run stopped while writing it)")
+    return records
+
+
 def truncate_metrics(run_dir: Path, step: int) -> None:
-    """Drop records after global ``step`` (written by a run that died after its last checkpoint)."""
+    """Drop records after global ``step`` (written by a run that died after its last checkpoint) and
+    a torn last line; the file is replaced atomically."""
     path = run_dir / METRICS
     if not path.is_file():
         return
-    kept = [line for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step]
-    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    kept = [record for record in parse_metrics(path, warn=True) if record.get("step", 0) <= step]
+    tmp = path.with_name(f".{METRICS}.tmp")
+    tmp.write_text("".join(json.dumps(record) + "\n" for record in kept), encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def _records(run_dir: Path) -> list[dict[str, Any]]:
     path = run_dir / METRICS
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return parse_metrics(path)
+
+
+def append_record(run_dir: Path, record: dict[str, Any]) -> None:
+    """Append one JSON line to ``metrics.jsonl``.
+
+    Raises:
+        StorageError: the filesystem refused the write (the line may be torn; ``--resume`` drops it).
+    """
+    from kdkit.errors import storage_error
+
+    try:
+        with open(run_dir / METRICS, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+    except OSError as exc:
+        raise storage_error("append to", run_dir / METRICS, exc) from None
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
@@ -96,8 +136,7 @@ class Monitor:
         """Append one record to ``metrics.jsonl`` and mirror its numbers to TensorBoard."""
         if not self.main:
             return
-        with open(self.run_dir / METRICS, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
+        append_record(self.run_dir, record)
         if self.writer is None:
             return
         step = record["step"]
@@ -115,8 +154,7 @@ class Monitor:
         """Append one evaluation record to ``metrics.jsonl``; its metrics go to TensorBoard as ``eval/<metric>``."""
         if not self.main:
             return
-        with open(self.run_dir / METRICS, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
+        append_record(self.run_dir, record)
         if self.writer is None:
             return
         for name, value in record["eval"].items():

@@ -18,12 +18,14 @@ import numpy as np
 import torch
 
 from kdkit.engine.build import build_distiller
-from kdkit.engine.checkpoint import Checkpoint, check_model_state, latest_checkpoint, load_checkpoint, recipe_differences
+from kdkit.engine import lock
+from kdkit.engine.checkpoint import (Checkpoint, check_model_state, latest_checkpoint, list_checkpoints, load_checkpoint,
+                                     recipe_differences)
 from kdkit.engine.distributed import World, close_world, init_world
 from kdkit.engine.monitor import Monitor, console, truncate_metrics
 from kdkit.engine.trainer import Trainer
 from kdkit.engine.validation import prepare_validation
-from kdkit.errors import CheckpointError, KdkitError
+from kdkit.errors import CheckpointError, KdkitError, StorageError, storage_error
 from kdkit.recipe import Recipe, dump_recipe, load_recipe, recipe_dict
 from kdkit.registry import Registry
 
@@ -50,18 +52,48 @@ def environment(world: World) -> dict[str, Any]:
     }
 
 
-def check_run_dir(run_dir: Path, resume: bool) -> None:
-    """Refuse to start a fresh run in a directory that holds another run (never overwrite one).
+def make_run_dir(run_dir: Path) -> None:
+    """Create ``run_dir`` (and its parents).
 
     Raises:
-        KdkitError: ``run_dir`` already holds a run and ``resume`` is False.
+        StorageError: the path (or a parent) is a file, or the location is not writable.
     """
+    for parent in (run_dir, *run_dir.parents):
+        if parent.exists() and not parent.is_dir():
+            raise StorageError(f"cannot use {run_dir} as the run directory: {parent} is a file; "
+                               "choose another runtime.output_dir (--output-dir)")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".kdkit-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise storage_error("write the run directory", run_dir, exc) from None
+
+
+def check_run_dir(run_dir: Path, resume: bool) -> bool:
+    """Refuse to start a fresh run in a directory that holds another run (never overwrite one).
+
+    A run that stopped before its first checkpoint has nothing to lose: it starts again, with or
+    without ``--resume``. Returns whether the run starts from step 0.
+
+    Raises:
+        KdkitError: ``run_dir`` holds a run with a checkpoint and ``resume`` is False.
+        CheckpointError: ``resume`` of a directory that never held a run.
+    """
+    if not list_checkpoints(run_dir / "checkpoints"):
+        if (run_dir / RECIPE_FILE).exists():
+            console(f"{run_dir} holds a run that stopped before its first checkpoint: starting it again from step 0")
+        elif resume:
+            raise CheckpointError(f"nothing to resume: {run_dir} holds no run; start it without --resume")
+        return True
     if resume:
-        return
+        return False
     held = [p.name for p in (run_dir / RECIPE_FILE, run_dir / "checkpoints", run_dir / "metrics.jsonl") if p.exists()]
     if held:
         raise KdkitError(f"output directory {run_dir} already holds a run ({', '.join(held)}); pass --resume to "
                          "continue it, or choose another runtime.output_dir (--output-dir)")
+    return True
 
 
 def find_resume(run_dir: Path, recipe_data: dict[str, Any]) -> Checkpoint:
@@ -108,17 +140,22 @@ def run_recipe(recipe_path: str | Path, overrides: Iterable[str] = (), resume: b
     recipe_data = recipe_dict(recipe)
     validation = prepare_validation(recipe, registry, str(recipe_path))  # the benchmark's files are read now
     world = init_world(recipe.runtime)
+    held = None
     try:
         run_dir = run_dir_of(recipe)
-        check_run_dir(run_dir, resume)
-        checkpoint = find_resume(run_dir, recipe_data) if resume else None
+        if world.main:  # one live run per directory: taken before anything is read or written
+            make_run_dir(run_dir)
+            held = lock.acquire(run_dir)
+        fresh = check_run_dir(run_dir, resume)
+        checkpoint = find_resume(run_dir, recipe_data) if not fresh else None
         world.barrier()  # every rank checked the directory before rank 0 writes into it
         if world.main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            dump_recipe(recipe, run_dir / RECIPE_FILE)
-            (run_dir / ENVIRONMENT_FILE).write_text(json.dumps(environment(world), indent=2) + "\n", encoding="utf-8")
-            if checkpoint is not None:
-                truncate_metrics(run_dir, checkpoint.state["global_step"])
+            try:
+                dump_recipe(recipe, run_dir / RECIPE_FILE)
+                (run_dir / ENVIRONMENT_FILE).write_text(json.dumps(environment(world), indent=2) + "\n", encoding="utf-8")
+                truncate_metrics(run_dir, checkpoint.state["global_step"] if checkpoint is not None else 0)
+            except OSError as exc:
+                raise storage_error("write the run directory", run_dir, exc) from None
         seed_everything(recipe.runtime.seed)
         distiller = build_distiller(recipe, registry, world.device)
         if checkpoint is not None:  # fail now, not after wrapping; the trainer loads the tensors
@@ -135,4 +172,5 @@ def run_recipe(recipe_path: str | Path, overrides: Iterable[str] = (), resume: b
         world.barrier()
         return run_dir
     finally:
+        lock.release(held)
         close_world(world)
