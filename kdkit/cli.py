@@ -122,7 +122,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         if checkpoint is not None:
             raise KdkitError("give either --checkpoint or --best, not both")
         checkpoint = run_checkpoint(args.run_dir, "best")
-    count = export_run(args.run_dir, args.out_dir, checkpoint=checkpoint, data_root=args.data_root)
+    count = export_run(args.run_dir, args.out_dir, checkpoint=checkpoint, data_root=args.data_root, merge=args.merge)
     print(f"exported to {args.out_dir}")
     print("parameters at inference:")
     for line in count.lines():
@@ -184,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out_dir", type=Path, metavar="OUT_DIR")
     p.add_argument("--checkpoint", type=Path, help="checkpoint directory to export (default: the run's latest)")
     p.add_argument("--best", action="store_true", help="export the best checkpoint by the recipe's eval.select metric")
+    p.add_argument("--merge", action="store_true", help="fold the adapters into the weights and write a plain model "
+                   "(exact for plain LoRA; refused for MoLA)")
     p.add_argument("--data-root", help="directory the recipe's relative paths resolve against (default: the recipe's)")
     p.set_defaults(func=cmd_export)
 

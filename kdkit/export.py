@@ -158,7 +158,8 @@ def trained_student(run_dir: str | Path, checkpoint: str | Path | None = None, d
 
 
 def export_run(run_dir: str | Path, out_dir: str | Path, checkpoint: str | Path | None = None,
-               data_root: str | Path | None = None, registry: Registry | None = None) -> ParameterCount:
+               data_root: str | Path | None = None, registry: Registry | None = None,
+               merge: bool = False) -> ParameterCount:
     """Export the student of a training run (its latest or a given checkpoint) to ``out_dir``.
 
     Args:
@@ -167,13 +168,20 @@ def export_run(run_dir: str | Path, out_dir: str | Path, checkpoint: str | Path 
         checkpoint: A checkpoint directory (default: the run's latest).
         data_root: Directory the recipe's relative paths resolve against (default: the recipe's).
         registry: Plugins to build from (default: every installed plugin).
+        merge: Fold every adapter into the base weights (exact for plain LoRA only) and write the student
+            at the top of ``out_dir``, a plain model of its library (e.g. ``LlavaForConditionalGeneration``).
+
+    Besides the student and its adapters, ``out_dir`` receives the run's ``recipe.yaml``, a model card
+    (``README.md``), the student's processor when it has one (``AutoProcessor.from_pretrained(out_dir)``)
+    and each plain LoRA also in peft's format (``adapters/<name>/peft/``).
 
     Returns:
         The parameter count at inference, base model vs with adapters.
 
     Raises:
         CheckpointError: no recipe or checkpoint, a broken checkpoint, or one that does not fit.
-        KdkitError: ``out_dir`` already holds an export; a student without ``export``.
+        KdkitError: ``out_dir`` already holds an export; a student without ``export``; ``merge`` with an
+            adapter that cannot be merged exactly (MoLA: its experts are weighted per input).
     """
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if (out_dir / MANIFEST).exists():
@@ -182,25 +190,46 @@ def export_run(run_dir: str | Path, out_dir: str | Path, checkpoint: str | Path 
     if not callable(getattr(student, "export", None)):
         raise KdkitError(f"the {recipe.student.kind!r} student cannot be exported (it has no export method)")
     count = count_parameters(student.model, adapters)
+    if merge:
+        fixed = [f"{name} ({handle.config.kind})" for name, handle in adapters.items() if not handle.mergeable]
+        if fixed:
+            raise KdkitError(f"--merge: adapter {', '.join(fixed)} cannot be merged exactly (its experts are weighted "
+                             "per input by its routers); export without --merge and load with kdkit.load_student")
+        count = ParameterCount(base=count.total, groups={})
+
+    from kdkit.model_card import provenance, write_model_card
 
     out_dir.mkdir(parents=True, exist_ok=True)
     blocks = {}
     for name, handle in adapters.items():
+        if merge:
+            handle.merge()
+            continue
         handle.save(out_dir / ADAPTERS_DIR / name)
         blocks[name] = {"path": f"{ADAPTERS_DIR}/{name}", **handle.config.model_dump(mode="json")}
+        if callable(getattr(handle, "save_peft", None)):
+            handle.save_peft(student.model, out_dir / ADAPTERS_DIR / name / "peft")
     for handle in adapters.values():
         handle.eject()
-    overrides_found = student.export(out_dir / STUDENT_DIR)
+    student_dir = "." if merge else STUDENT_DIR
+    overrides_found = student.export(out_dir / student_dir)
+    if student_dir != "." and callable(getattr(student, "processor", None)):
+        student.processor().save_pretrained(out_dir)  # AutoProcessor.from_pretrained(out_dir); no config.json here
+    (out_dir / "recipe.yaml").write_bytes((run_dir / "recipe.yaml").read_bytes())
     manifest = {
         "format": FORMAT,
-        "student_dir": STUDENT_DIR,
+        "student_dir": student_dir,
         "student": {**recipe.student.config.model_dump(mode="json"), **overrides_found},
         "adapters": blocks,
         "teacher_names": list(recipe.teachers),
         "source": {"recipe": recipe.name, "checkpoint": source.name},
         "parameters": {"base": count.base, **count.groups, "total": count.total, "added_percent": round(count.percent, 4)},
+        "provenance": provenance(recipe, source),
     }
+    if merge:
+        manifest["merged"] = list(adapters)
     (out_dir / MANIFEST).write_text(yaml.safe_dump(manifest, sort_keys=False), encoding="utf-8")
+    write_model_card(out_dir)
     return count
 
 

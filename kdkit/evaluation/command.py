@@ -96,6 +96,10 @@ def run_eval(args: Any) -> int:
             results[name] = result
             print(f"{student.label} [{student.path}] {name}: {result.primary} = {result.value:.2f}"
                   f"  ({result.answered} answered now, {result.seconds:.1f} s; {directory})", file=sys.stderr)
+        if args.output is None and (student.path / "kdkit_student.yaml").is_file():
+            from kdkit.model_card import write_model_card
+
+            write_model_card(student.path)  # the export's card lists its eval/ results
         per_label.setdefault(student.label, []).append(results)
         counts[student.label] = counts.get(student.label, 0) + 1
         rows[f"{student.label} #{counts[student.label]}" if _repeated(students, student.label) else student.label] = results

@@ -5,6 +5,7 @@ Mergeable: ``merge()`` folds ``scaling * B A`` into the frozen base weight.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -15,6 +16,7 @@ from torch import Tensor, nn
 from kdkit import BuildContext, Example, Factory, PluginConfig, hookimpl
 from kdkit.adapters import AdapterHandle, RoutingState, check_rank, freeze, match_linears, replace_module
 from kdkit.errors import KdkitError
+from kdkit_plugins.adapters.lora_peft import save_peft
 
 FFN_LINEARS = r"(.*\.)?(layers|blocks|resblocks)\.\d+\.mlp\.(fc1|fc2|c_fc|c_proj)"
 
@@ -106,7 +108,9 @@ def build(config: LoraConfig, context: BuildContext) -> AdapterHandle:
     for name in names:
         modules[name] = LoraLinear(model.get_submodule(name), config.rank, alpha, config.dropout, state)
         replace_module(model, name, modules[name])
-    return AdapterHandle(model, modules, config, state=state, mergeable=True)
+    handle = AdapterHandle(model, modules, config, state=state, mergeable=True)
+    handle.save_peft = partial(save_peft, handle)  # type: ignore[attr-defined]  # read by kdkit export
+    return handle
 
 
 def example(tmp_dir: Path) -> Example:

@@ -164,12 +164,19 @@ class LlavaStudent:
 
     # inference --------------------------------------------------------------------------------
     def export(self, directory: Path) -> dict[str, Any]:
-        """Save the model and tokenizer with ``save_pretrained`` into ``directory``; the config fields that reload it."""
+        """Save the model and its processor (tokenizer, LLaVA-1.5 image preprocessing, chat template) with
+        ``save_pretrained`` into ``directory``; the config fields that reload it."""
         directory = Path(directory)
         self.model.save_pretrained(directory)
-        self.tokenizer.save_pretrained(directory)
+        self.processor().save_pretrained(directory)
         return {"checkpoint": ".", "vision": None, "language_model": None, "tokenizer": None,
                 "vision_feature_layer": self.feature_layer, "vision_feature_select_strategy": self.strategy}
+
+    def processor(self) -> Any:
+        """A ``transformers.LlavaProcessor`` that prepares inputs as training did (see ``llava_processor``)."""
+        from kdkit_plugins.students.llava_processor import build_processor
+
+        return build_processor(self)
 
     @torch.no_grad()
     def generate(self, images: Tensor, prompts: list[str], max_new_tokens: int = 32) -> list[str]:
