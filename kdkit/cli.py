@@ -7,6 +7,7 @@ without a traceback; ``--traceback`` shows it anyway.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -15,6 +16,10 @@ from pathlib import Path
 
 from kdkit import __version__
 from kdkit.errors import KdkitError
+
+#: Filesystem refusals reported as one line (the path and the cause) wherever they escape a command.
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR,
+                  errno.EEXIST, errno.ENOENT}
 
 
 def _registry():
@@ -222,16 +227,29 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``kdkit`` command; returns the exit code."""
     args = build_parser().parse_args(argv)
-    if args.disable:
-        from kdkit.plugins import DISABLE_ENV
-
-        os.environ[DISABLE_ENV] = ",".join(filter(None, [os.environ.get(DISABLE_ENV, ""), *args.disable]))
     try:
+        if args.disable:
+            from kdkit import plugins
+
+            plugins.check_disabled_names(args.disable)
+            plugins.DISABLED_BY_FLAG.update(args.disable)
+            os.environ[plugins.DISABLE_ENV] = ",".join(filter(None, [os.environ.get(plugins.DISABLE_ENV, ""), *args.disable]))
         return int(args.func(args) or 0)
     except KdkitError as exc:
         if args.traceback:
             raise
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # `kdkit schema | head`: the reader has what it wanted
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's final flush must not fail again
+        return 0
+    except OSError as exc:
+        if args.traceback or exc.errno not in STORAGE_ERRNOS:
+            raise
+        from kdkit.errors import storage_error
+
+        print(f"error: {storage_error('use', exc.filename, exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

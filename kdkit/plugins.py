@@ -63,6 +63,38 @@ def disabled_from_env() -> set[str]:
     return {n.strip() for n in os.environ.get(DISABLE_ENV, "").split(",") if n.strip()}
 
 
+#: Plugin names disabled by the command line's ``--disable`` (the CLI also exports them in
+#: ``KDKIT_DISABLE_PLUGINS`` for child processes); only used to say which switch disabled a plugin.
+DISABLED_BY_FLAG: set[str] = set()
+
+
+def _offered_names(obj: object) -> list[tuple[str, str]]:
+    """``(kind, name)`` pairs a plugin module offers, read from its hook functions without registering it."""
+    marker = f"{hookspecs.PROJECT}_impl"
+    found = []
+    for kind, hook_name in hookspecs.HOOKS.items():
+        function = getattr(obj, hook_name, None)
+        if function is None or not hasattr(function, marker):
+            continue
+        try:
+            offered = function()
+        except Exception:  # a broken plugin that is disabled anyway: nothing to report
+            continue
+        found += [(kind, name) for name in (offered if isinstance(offered, dict) else {})]
+    return found
+
+
+def _disabled_offers(name: str, target: str, obj: object | None) -> dict[tuple[str, str], str]:
+    """``{(kind, name): "plugin 'p' (disabled by --disable)"}`` for what disabled plugin ``name`` offers."""
+    via = "--disable" if name in DISABLED_BY_FLAG else DISABLE_ENV
+    if obj is None:
+        try:
+            obj = importlib.import_module(target)
+        except Exception:
+            return {}
+    return {pair: f"plugin {name!r}, disabled by {via}" for pair in _offered_names(obj)}
+
+
 def load_plugins(
     *,
     entry_points: bool = True,
@@ -86,6 +118,7 @@ def load_plugins(
     pm.add_hookspecs(hookspecs)
     blocked_names = set(blocked) | disabled_from_env()
     infos: list[PluginInfo] = []
+    disabled: dict[tuple[str, str], str] = {}
 
     candidates: list[tuple[str, str, str | None, str | None, object | None]] = []
     if entry_points:
@@ -101,6 +134,7 @@ def load_plugins(
         if name in blocked_names:
             pm.set_blocked(name)
             infos.append(PluginInfo(name, target, dist, version, blocked=True))
+            disabled.update(_disabled_offers(name, target, obj))
             continue
         if obj is None:
             try:
@@ -130,6 +164,7 @@ def load_plugins(
             offers.append((kind, impl.plugin_name, offered, info.distribution if info else None, info.version if info else None))
     registry = Registry.collect(offers)
     registry.broken = {i.name: i.error for i in infos if i.error}
+    registry.disabled = {pair: why for pair, why in disabled.items() if not registry.has(*pair)}
     return LoadedPlugins(pm, infos, registry)
 
 
@@ -144,6 +179,20 @@ def default_plugins(refresh: bool = False) -> LoadedPlugins:
         if _default is None or refresh:
             _default = load_plugins()
         return _default
+
+
+def check_disabled_names(names: Iterable[str]) -> None:
+    """Refuse ``--disable`` names that no installed plugin has (a typo would disable nothing).
+
+    Raises:
+        PluginError: an unknown name, with the known plugin names and a "did you mean".
+    """
+    from kdkit.errors import unknown_name_message
+
+    known = {ep.name for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
+    for name in names:
+        if name not in known:
+            raise PluginError("--disable: " + unknown_name_message("plugin", name, known))
 
 
 def get_registry(refresh: bool = False) -> Registry:

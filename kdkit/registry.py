@@ -89,6 +89,8 @@ class Registry:
     def __init__(self, entries: Mapping[str, Mapping[str, Entry]], broken: Mapping[str, str] | None = None):
         self._entries = {kind: dict(names) for kind, names in entries.items()}
         self.broken: dict[str, str] = dict(broken or {})
+        #: ``{(kind, name): "plugin 'p', disabled by --disable"}``: names only disabled plugins offer.
+        self.disabled: dict[tuple[str, str], str] = {}
 
     @property
     def kinds(self) -> list[str]:
@@ -115,6 +117,9 @@ class Registry:
         try:
             return self._entries[kind][name]
         except KeyError:
+            if (kind, name) in self.disabled:
+                raise UnknownPluginError(f"{kind} {name!r} is offered only by a disabled plugin "
+                                         f"({self.disabled[kind, name]}); enable it to use it") from None
             message = unknown_name_message(kind, name, self._entries[kind])
             if self.broken:
                 message += "; plugins that failed to load: " + ", ".join(sorted(self.broken))
