@@ -214,7 +214,8 @@ class Trainer:
                         losses, step = model(batch)
                         total = weighted_total(losses, self.weights)
                     scaled = total / plan.accumulation
-                    (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+                    if scaled.requires_grad:  # else every term reported itself non-finite: the guard below names them
+                        (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             except torch.OutOfMemoryError:
                 raise KdkitError(out_of_memory_message(name, stage_step, stage, self.runtime, self.world.device)) from None
             model_time += time.perf_counter() - tick
