@@ -21,7 +21,7 @@ import torch
 import yaml
 
 from kdkit.errors import CheckpointError, KdkitError
-from kdkit.interfaces import BuildContext
+from kdkit.interfaces import BuildContext, Exports, HasProcessor, Routable, SavesPeft
 
 if TYPE_CHECKING:
     from kdkit.registry import Registry
@@ -135,7 +135,7 @@ def trained_student(run_dir: str | Path, checkpoint: str | Path | None = None, d
         CheckpointError: no recipe or checkpoint, a broken checkpoint, or one that does not fit.
     """
     from kdkit.engine.build import build_student
-    from kdkit.engine.checkpoint import latest_checkpoint
+    from kdkit.engine.checkpoint import latest_checkpoint, list_checkpoints
     from kdkit.recipe import load_recipe
 
     run_dir = Path(run_dir)
@@ -148,6 +148,9 @@ def trained_student(run_dir: str | Path, checkpoint: str | Path | None = None, d
         raise CheckpointError(f"{recipe_file} does not exist: {run_dir} is not a kdkit run directory")
     overrides = [f"runtime.data_root={data_root}"] if data_root is not None else []
     recipe = load_recipe(recipe_file, overrides, registry=registry)
+    if checkpoint is None and not list_checkpoints(run_dir / "checkpoints"):
+        raise CheckpointError(f"run {run_dir} has no checkpoint: it stopped before writing its first one "
+                              "(runtime.checkpoint_every steps, or the end of its first stage)")
     source = Path(checkpoint) if checkpoint is not None else latest_checkpoint(run_dir / "checkpoints")
     state = student_state(source)
     torch.manual_seed(recipe.runtime.seed)  # as training built it: fresh parts (a new projector) come out the same
@@ -184,10 +187,16 @@ def export_run(run_dir: str | Path, out_dir: str | Path, checkpoint: str | Path 
             adapter that cannot be merged exactly (MoLA: its experts are weighted per input).
     """
     run_dir, out_dir = Path(run_dir), Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise KdkitError(f"cannot export into {out_dir}: it is a file; choose a new or empty directory")
     if (out_dir / MANIFEST).exists():
         raise KdkitError(f"{out_dir} already holds an export ({MANIFEST}); choose another output directory")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        shown = ", ".join(sorted(p.name for p in out_dir.iterdir())[:5])
+        raise KdkitError(f"cannot export into {out_dir}: it is not empty ({shown}) and is not an earlier export; "
+                         "choose a new or empty directory")
     student, adapters, recipe, source = trained_student(run_dir, checkpoint, data_root, registry)
-    if not callable(getattr(student, "export", None)):
+    if not isinstance(student, Exports):
         raise KdkitError(f"the {recipe.student.kind!r} student cannot be exported (it has no export method)")
     count = count_parameters(student.model, adapters)
     if merge:
@@ -207,13 +216,13 @@ def export_run(run_dir: str | Path, out_dir: str | Path, checkpoint: str | Path 
             continue
         handle.save(out_dir / ADAPTERS_DIR / name)
         blocks[name] = {"path": f"{ADAPTERS_DIR}/{name}", **handle.config.model_dump(mode="json")}
-        if callable(getattr(handle, "save_peft", None)):
+        if isinstance(handle, SavesPeft):
             handle.save_peft(student.model, out_dir / ADAPTERS_DIR / name / "peft")
     for handle in adapters.values():
         handle.eject()
     student_dir = "." if merge else STUDENT_DIR
     overrides_found = student.export(out_dir / student_dir)
-    if student_dir != "." and callable(getattr(student, "processor", None)):
+    if student_dir != "." and isinstance(student, HasProcessor):
         student.processor().save_pretrained(out_dir)  # AutoProcessor.from_pretrained(out_dir); no config.json here
     (out_dir / "recipe.yaml").write_bytes((run_dir / "recipe.yaml").read_bytes())
     manifest = {
@@ -281,7 +290,7 @@ def load_student(out_dir: str | Path, device: str | torch.device = "cpu", regist
             raise
         except Exception as exc:  # safetensors raises its own type on a truncated file
             raise CheckpointError(f"adapter {name!r}: {path} is corrupt ({exc}); export the run again") from None
-        if hasattr(handle, "set_routing"):
+        if isinstance(handle, Routable):
             handle.set_routing("routed")
         adapters[name] = handle
     student.model.to(device).eval()
