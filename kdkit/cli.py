@@ -70,24 +70,40 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    """Validate recipes; report every problem of every file."""
+    """Validate recipes (files, or directories searched recursively); report every problem of every file.
+
+    Fragments (``_name.yaml``) are checked for what they hold; ``--build`` also builds every component
+    (teacher checkpoints are read), resolves each stage's trainable list and opens each stage's data,
+    as ``kdkit run`` does before its first step.
+    """
     from kdkit.recipe import load_recipe
+    from kdkit.recipe.check import check_fragment, dry_build, is_foreign, is_fragment, recipe_files
 
     failed = 0
-    for path in args.recipes:
+    for item in recipe_files(args.recipes):
+        path = item.path
         try:
+            if is_fragment(path):
+                print(f"ok: {path} (fragment holding {check_fragment(path, _registry())}; "
+                      "complete only in the recipes that extend it)")
+                continue
+            if not item.named and is_foreign(path):
+                print(f"skipped: {path} (not a kdkit recipe: none of its keys is a recipe key)")
+                continue
             recipe = load_recipe(path, args.set)
             if recipe.eval is not None:  # build the benchmark: eval.select must be one of its metrics
                 from kdkit.engine.validation import prepare_validation
 
                 prepare_validation(recipe, _registry(), str(path))
+            if args.build:
+                dry_build(recipe, _registry())
         except KdkitError as exc:
             failed += 1
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"error: {exc}" if str(exc).startswith("invalid recipe") else f"error: {path}: {exc}", file=sys.stderr)
             continue
         print(
             f"ok: {path} ({recipe.name}: {len(recipe.teachers)} teachers, "
-            f"{len(recipe.losses)} losses, stages {', '.join(recipe.stages)})"
+            f"{len(recipe.losses)} losses, stages {', '.join(recipe.stages)}{', built' if args.build else ''})"
         )
     return 1 if failed else 0
 
@@ -170,15 +186,25 @@ def build_parser() -> argparse.ArgumentParser:
     overrides.add_argument("--set", action="append", default=[], metavar="PATH=VALUE", help="override a recipe value, e.g. losses.fine.weight=0.25 (repeatable)")
 
     p = sub.add_parser("validate", parents=[overrides], help="validate recipe files", description=cmd_validate.__doc__)
-    p.add_argument("recipes", nargs="+", type=Path, metavar="RECIPE")
+    p.add_argument("recipes", nargs="+", type=Path, metavar="RECIPE", help="recipe file or directory (searched recursively)")
+    p.add_argument("--build", action="store_true", help="also build every component (reads the teacher checkpoints), "
+                   "resolve each stage's trainable list and open its data, as `kdkit run` does before step 1")
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("schema", help="print the recipe JSON schema", description=cmd_schema.__doc__)
     p.add_argument("--markdown", action="store_true", help="print the Markdown recipe reference instead")
     p.set_defaults(func=cmd_schema)
 
+    p = sub.add_parser("recipes", help="list or copy the recipes shipped with kdkit", description=cmd_recipes.__doc__)
+    p.add_argument("action", choices=["list", "copy"], help="list: names and descriptions; copy: write one out")
+    p.add_argument("name", nargs="?", metavar="NAME", help="shipped recipe to copy (as `kdkit recipes list` names it)")
+    p.add_argument("destination", nargs="?", type=Path, metavar="DEST", help="directory to copy into")
+    p.add_argument("--resolve", action="store_true", help="write one file with the extends chain merged")
+    p.add_argument("--force", action="store_true", help="overwrite existing files")
+    p.set_defaults(func=cmd_recipes)
+
     p = sub.add_parser("run", parents=[overrides], help="train a recipe", description=cmd_run.__doc__)
-    p.add_argument("recipe", type=Path, metavar="RECIPE")
+    p.add_argument("recipe", type=Path, metavar="RECIPE", help="recipe file, or a shipped recipe's name")
     p.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
     p.add_argument("--output-dir", help="run directory (overrides runtime.output_dir)")
     p.add_argument("--data-root", help="directory relative paths resolve against (overrides runtime.data_root)")

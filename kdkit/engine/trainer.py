@@ -134,6 +134,9 @@ class Trainer:
                 self.validation.resume(resume.state.get("best"), self.run_dir / "checkpoints", self.world.main)
         # every stage's data is opened before the first step: a bad path or file fails now, not hours in
         self.datasets = {name: self.build_data(name, stage) for name, stage in self.recipe.stages.items()}
+        groups = build.parameter_groups(self.distiller)  # likewise every stage's trainable list
+        for name, stage in self.recipe.stages.items():
+            build.resolve_trainable(name, stage.trainable, self.distiller, groups)
         for index, (name, stage) in enumerate(self.recipe.stages.items()):
             if resume is not None and index < resume.state["stage_index"]:
                 continue

@@ -97,6 +97,23 @@ def _cross_checks(recipe: Recipe) -> list[Problem]:
     return problems
 
 
+def _teacher_references(recipe: Recipe, configs: Mapping[str, Any]) -> list[Problem]:
+    """A plugin setting named ``teachers`` (a list) or ``teacher`` (one name) must name teachers of
+    this recipe: the build would refuse it, so validation does too."""
+    problems = []
+    known = list(recipe.teachers)
+    for path, config in configs.items():
+        for field in ("teachers", "teacher"):
+            value = getattr(config, field, None)
+            names = [value] if isinstance(value, str) else value if isinstance(value, list) else []
+            for i, name in enumerate(names):
+                if isinstance(name, str) and name not in known:
+                    where = f"{path}.{field}" + (f"[{i}]" if isinstance(value, list) else "")
+                    problems.append(Problem(where, f"{name!r} is not a teacher of this recipe "
+                                                   f"(teachers: {', '.join(known) or 'none'})"))
+    return problems
+
+
 def raw_blocks(data: Mapping[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
     """Every plugin block found in raw recipe data as ``(plugin kind, path, block)``.
 
@@ -152,7 +169,7 @@ def validate_recipe(data: Mapping[str, Any], registry: Registry, source: str | N
         recipe = Recipe.model_validate(dict(data))
     except pydantic.ValidationError as exc:
         raise RecipeError(sorted(pydantic_problems("", exc, Recipe) + problems, key=_order(data)), source) from None
-    problems += _cross_checks(recipe)
+    problems += _cross_checks(recipe) + _teacher_references(recipe, configs)
     if problems:
         raise RecipeError(sorted(problems, key=_order(data)), source)
     for _kind, path, block in recipe.blocks():

@@ -15,6 +15,7 @@ from pydantic import Field
 from torch.utils.data import Dataset
 
 from kdkit import BuildContext, Example, Factory, PluginConfig, hookimpl
+from kdkit_plugins.data._classes import check_class_count
 
 
 class SyntheticConfig(PluginConfig):
@@ -69,8 +70,8 @@ class SyntheticImages(Dataset):
 
 
 def build(config: SyntheticConfig, context: BuildContext) -> SyntheticImages:
-    """The dataset (nothing is generated until a sample is read)."""
-    del context
+    """The dataset (nothing is generated until a sample is read); its class count must fit the student's head."""
+    check_class_count(config.num_classes, context, "the synthetic data (num_classes)")
     return SyntheticImages(config.size, config.image_size, config.num_classes, config.noise, config.seed)
 
 
