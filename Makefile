@@ -8,13 +8,17 @@ PYTEST_WORKERS ?= 2
 
 .PHONY: install demo test test-all docs reference clean
 
-$(STAMP): pyproject.toml
+# constraints.txt pins the exact tested versions (torch and torchvision as one pair), so .venv is the
+# same on every machine; pyproject.toml keeps the ranges a user's environment may choose from.
+PIP_INSTALL := $(PY) -m pip install --quiet -c constraints.txt
+
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test,docs]"
+	$(PIP_INSTALL) -e ".[test,docs,digits,wandb,mlflow]"
 	# lmms-eval for the integration test, without the pins of its full extra (`pip install "kdkit[lmms]"`)
-	$(PY) -m pip install --quiet --no-deps "lmms-eval>=0.7,<0.8"
-	$(PY) -m pip install --quiet accelerate datasets evaluate loguru sacrebleu pytz tenacity pytablewriter "filelock>=3.16,<4"
+	$(PIP_INSTALL) --no-deps "lmms-eval>=0.7,<0.8"
+	$(PIP_INSTALL) accelerate datasets evaluate loguru sacrebleu pytz tenacity pytablewriter "filelock>=3.16,<4"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -48,6 +48,8 @@ def cmd_plugins(args: argparse.Namespace) -> int:
             "offers": offers,
             "status": "disabled" if info.blocked else ("broken" if info.error else "ok"),
             "error": info.error,
+            "unavailable": {e.name: e.factory.install_hint for e in registry.entries()
+                            if e.plugin == info.name and e.factory.missing},
         })
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -59,7 +61,9 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         print(f"{HOOKS[kind].removeprefix('kdkit_')} ({len(names)}):")
         for entry in names:
             dist = f"{entry.distribution} {entry.version}" if entry.distribution else "local"
-            print(f"  {entry.name:<18} {entry.factory.summary[:60]:<60}  [{entry.plugin}, {dist}]")
+            missing = entry.factory.missing
+            note = f"  unavailable: needs {', '.join(missing)} ({entry.factory.install_hint})" if missing else ""
+            print(f"  {entry.name:<18} {entry.factory.summary[:60]:<60}  [{entry.plugin}, {dist}]{note}")
     problems = [r for r in rows if r["status"] != "ok"]
     if problems:
         print("not loaded:")
@@ -128,7 +132,30 @@ def cmd_run(args: argparse.Namespace) -> int:
         overrides.append(f"runtime.output_dir={args.output_dir}")
     if args.data_root:
         overrides.append(f"runtime.data_root={args.data_root}")
-    run_recipe(args.recipe, overrides, resume=args.resume)
+    from kdkit.catalog import find_recipe
+
+    run_recipe(find_recipe(args.recipe), overrides, resume=args.resume)
+    return 0
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    """List the recipes shipped with kdkit, or copy one out (with its extends chain, or resolved)."""
+    from kdkit.catalog import copy_recipe, recipes_root, shipped_recipes
+
+    if args.action == "list":
+        recipes = shipped_recipes()
+        width = max((len(name) for name in recipes), default=0)
+        for recipe in recipes.values():
+            print(f"{recipe.name:<{width}}  {recipe.description}")
+        print(f"({len(recipes)} recipes in {recipes_root()}; `kdkit recipes copy NAME DEST` copies one out, "
+              "`kdkit run NAME` runs one)", file=sys.stderr)
+        return 0
+    if args.name is None or args.destination is None:
+        raise KdkitError("kdkit recipes copy needs NAME and DEST (e.g. kdkit recipes copy tiny/timm_two_teachers my_recipes)")
+    written = copy_recipe(args.name, args.destination, resolve=args.resolve, force=args.force)
+    print(f"wrote {written[0]}" + (f" (+ {len(written) - 1} files it extends)" if len(written) > 1 else ""))
+    for path in written[1:]:
+        print(f"  {path}")
     return 0
 
 

@@ -26,11 +26,27 @@ class Factory:
         example: ``example(tmp_dir) -> Example``: a tiny, self-contained build used by the
             contract kit (may write tiny checkpoints into ``tmp_dir``). None when the defaults
             and a tiny generic context are enough.
+        requires: Modules ``build`` imports that kdkit does not require (an optional integration).
+        extra: The kdkit extra that installs them (``pip install "kdkit[<extra>]"``).
     """
 
     config: type[BaseModel]
     build: Callable[[Any, BuildContext], Any]
     example: Callable[[Path], Example] | None = None
+    requires: tuple[str, ...] = ()
+    extra: str | None = None
+
+    @property
+    def missing(self) -> tuple[str, ...]:
+        """The modules of :attr:`requires` that are not installed."""
+        import importlib.util
+
+        return tuple(m for m in self.requires if importlib.util.find_spec(m) is None)
+
+    @property
+    def install_hint(self) -> str:
+        """How to install what is missing: ``pip install "kdkit[<extra>]"`` (or the modules)."""
+        return f'pip install "kdkit[{self.extra}]"' if self.extra else "pip install " + " ".join(self.missing)
 
     @property
     def summary(self) -> str:
@@ -135,6 +151,9 @@ class Registry:
         if not isinstance(name, str):
             raise UnknownPluginError(f"{kind} block has no 'kind' (known: {', '.join(self.names(kind))})")
         factory = self.factory(kind, name)
+        if factory.missing:
+            raise PluginError(f"{kind} {name!r} needs {', '.join(factory.missing)}, which is not installed: "
+                              f"{factory.install_hint}")
         if not isinstance(config, factory.config):
             data = config.model_dump() if isinstance(config, BaseModel) else dict(config)
             config = factory.config.model_validate(data)

@@ -137,4 +137,4 @@ def example(tmp_dir: Path) -> Example:
 
 @hookimpl
 def kdkit_data() -> dict[str, Factory]:
-    return {"digits": Factory(config=DigitsConfig, build=build, example=example)}
+    return {"digits": Factory(config=DigitsConfig, build=build, example=example, requires=("sklearn",), extra="digits")}
