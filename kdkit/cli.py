@@ -183,10 +183,24 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from kdkit.export import load_student
 
     student = load_student(args.export_dir, device=args.device)
-    if not callable(getattr(student, "generate", None)) or not callable(getattr(student, "load_image", None)):
+    from kdkit.interfaces import AnswersQuestions
+
+    if not isinstance(student, AnswersQuestions):
         raise KdkitError(f"the student exported in {args.export_dir} does not generate text (no generate/load_image)")
     images = student.load_image(args.image).to(args.device)
     print(student.generate(images, [args.prompt], max_new_tokens=args.max_new_tokens)[0])
+    return 0
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    """Compute every teacher's output for every sample of a stage into a teacher cache (or size it)."""
+    from kdkit.cache.command import cache_stage
+
+    overrides = list(args.set)
+    if args.data_root:
+        overrides.append(f"runtime.data_root={args.data_root}")
+    cache_stage(args.recipe, args.stage, args.output, dtype=args.dtype, overrides=overrides,
+                shard_size=args.shard_size, batch_size=args.batch_size, estimate=args.estimate)
     return 0
 
 
@@ -266,6 +280,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("cache", parents=[overrides], help="precompute teacher outputs into a teacher cache",
+                       description=cmd_cache.__doc__)
+    p.add_argument("recipe", type=Path, metavar="RECIPE", help="recipe file, or a shipped recipe's name")
+    p.add_argument("--stage", required=True, help="the stage whose data is cached")
+    p.add_argument("--output", help="cache directory (default: runtime.teacher_cache)")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16", "int8"],
+                   help="storage dtype (default fp32: exact)")
+    p.add_argument("--shard-size", type=int, default=256, help="samples per shard (default 256)")
+    p.add_argument("--batch-size", type=int, default=16, help="samples per teacher forward (default 16)")
+    p.add_argument("--estimate", action="store_true", help="print the disk size per teacher and dtype; write nothing")
+    p.add_argument("--data-root", help="directory relative paths resolve against (overrides runtime.data_root)")
+    p.set_defaults(func=cmd_cache)
 
     p = sub.add_parser("generate", help="answer a question about an image", description=cmd_generate.__doc__)
     p.add_argument("export_dir", type=Path, metavar="OUT_DIR")

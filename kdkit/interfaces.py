@@ -7,6 +7,7 @@ through the :class:`BuildContext`, never through recipe numbers.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -181,6 +182,13 @@ class StepContext:
         labels: Task labels, when the data has any.
         task_loss: The student's own task loss (language modelling, cross-entropy...).
         scores: Per-teacher token weights ``(B, m)`` filled in by the scorer.
+        rows: ``(B_kd,)`` indices of the batch samples that are distilled, or None when all are.
+            Samples without an image (``batch["has_image"]`` False) get no teacher work: every
+            teacher and student tensor above that a distillation term reads (``teacher_*``,
+            ``student_routed``, ``student_forced``, ``text``, ``text_mask``, ``scores``) holds
+            only these rows, while ``batch``, ``labels``, ``logits`` and ``task_loss`` cover the
+            whole batch. On a batch with no distilled sample, a term that reads teacher outputs
+            counts 0.
         extras: Anything else, by name.
     """
 
@@ -200,6 +208,7 @@ class StepContext:
     labels: Tensor | None = None
     task_loss: Tensor | None = None
     scores: dict[str, Tensor] = field(default_factory=dict)
+    rows: Tensor | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
 
@@ -365,12 +374,17 @@ class EvalSubject:
 
 
 @runtime_checkable
-class AnswersQuestions(Protocol):
-    """A student that answers questions about images (what generative benchmarks need)."""
+class LoadsImages(Protocol):
+    """A student that turns an image file into its own raw view (padding and size as in training)."""
 
     def load_image(self, source: str | Path | bytes) -> Tensor:
         """An image file path or encoded file bytes -> the student's raw view ``(1, 3, S, S)`` in [0, 1]."""
         ...
+
+
+@runtime_checkable
+class AnswersQuestions(LoadsImages, Protocol):
+    """A student that answers questions about images (what generative benchmarks need)."""
 
     def generate(self, images: Tensor, prompts: list[str], max_new_tokens: int = 32) -> list[str]:
         """Raw views ``(B, 3, S, S)`` + B questions -> B greedy answers."""
@@ -384,4 +398,169 @@ class Routable(Protocol):
 
     def set_routing(self, spec: Any) -> None:
         """Every later forward follows ``spec`` (e.g. ``"routed"``)."""
+        ...
+
+
+# ---------------------------------------------------------------------------------------------
+# Optional capabilities. The engine checks each once, when it builds a run
+# (:class:`kdkit.engine.capabilities.Capabilities`), and keeps the result; a plugin offers a
+# capability by having the method, never by inheriting from kdkit.
+
+
+@runtime_checkable
+class ShardsUnits(Protocol):
+    """A student that names its FSDP2 sharding units (e.g. transformer layers)."""
+
+    def shard_units(self) -> list[nn.Module]:
+        """Sub-modules of ``model`` that ``fully_shard`` wraps one by one, innermost first."""
+        ...
+
+
+@runtime_checkable
+class ChecksActivations(Protocol):
+    """A student that can recompute its activations in the backward pass (gradient checkpointing)."""
+
+    def enable_gradient_checkpointing(self, context_fn: Any = None) -> None:
+        """Turn activation checkpointing on; ``context_fn`` (or None) replays adapter routes on recomputation."""
+        ...
+
+
+@runtime_checkable
+class Exports(Protocol):
+    """A student that writes itself as a stand-alone model (``kdkit export``)."""
+
+    def export(self, directory: Path) -> dict[str, Any]:
+        """Write the model into ``directory``; returns config fields the export manifest overrides."""
+        ...
+
+
+@runtime_checkable
+class HasProcessor(Protocol):
+    """A student whose export also carries a Hugging Face processor (image processor + tokenizer)."""
+
+    def processor(self) -> Any:
+        """The processor, saved beside the exported model (``save_pretrained``)."""
+        ...
+
+
+@runtime_checkable
+class SavesPeft(Protocol):
+    """An adapter that can also write itself in peft's on-disk format."""
+
+    def save_peft(self, model: nn.Module, directory: Path) -> None:
+        """Write the adapter of ``model`` as a peft adapter into ``directory``."""
+        ...
+
+
+@runtime_checkable
+class RoutingControl(Protocol):
+    """An adapter whose route can be set for the forwards inside a context (``routed``, a teacher, ``off``,
+    or a per-sample ``(B,)`` expert index)."""
+
+    def routing(self, spec: Any) -> contextlib.AbstractContextManager[Any]:
+        """Context manager: forwards inside it follow ``spec``."""
+        ...
+
+
+@runtime_checkable
+class TeacherExperts(Protocol):
+    """An adapter with one expert per teacher (MoLA): the forced passes run through them.
+
+    ``teacher_names`` may be empty (a plain adapter): then it has no expert to force.
+    """
+
+    teacher_names: tuple[str, ...]
+
+
+@runtime_checkable
+class ReplaysRoutes(Protocol):
+    """An adapter whose route must be replayed when activation checkpointing recomputes a forward."""
+
+    def checkpoint_context(self) -> tuple[contextlib.AbstractContextManager[Any], contextlib.AbstractContextManager[Any]]:
+        """``(forward context, recomputation context)`` for ``torch.utils.checkpoint``'s ``context_fn``."""
+        ...
+
+
+@runtime_checkable
+class ReportsRouters(Protocol):
+    """An adapter with routers: what they decided in the last routed forward, and how often each expert was chosen."""
+
+    def router_outputs(self) -> list[RouterOutput]:
+        """Router outputs of the last routed forward, one per block and group."""
+        ...
+
+    def usage(self, reset: bool = False) -> dict[str, dict[str, Tensor]]:
+        """``{block: {group: (E,) token counts per expert}}`` since the last reset."""
+        ...
+
+
+@runtime_checkable
+class PreservesRouters(Protocol):
+    """An adapter whose router log (last outputs, usage counts) can be put back after an evaluation."""
+
+    def preserved_routers(self) -> contextlib.AbstractContextManager[None]:
+        """Inside: forwards may route freely; after: the router log is as it was before."""
+        ...
+
+
+@runtime_checkable
+class Collates(Protocol):
+    """A dataset with its own batch collation (padding variable-length samples)."""
+
+    def collate(self, samples: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
+        """Samples (each as ``__getitem__`` returns it) -> one batch."""
+        ...
+
+
+@runtime_checkable
+class GroupsBatches(Protocol):
+    """A dataset that reorders each epoch's indices into batches (length grouping)."""
+
+    def group_order(self, indices: list[int], group: int, seed: int) -> list[int]:
+        """``indices`` reordered into batches of ``group``; depends only on the arguments."""
+        ...
+
+
+@runtime_checkable
+class Augments(Protocol):
+    """A dataset whose samples change from one reading to the next (random augmentation).
+
+    Its teacher outputs are not a function of the sample id, so a teacher cache refuses it
+    (``runtime.teacher_cache`` with mode ``cached`` or ``hybrid``) unless ``augments`` is False.
+    """
+
+    augments: bool
+
+
+# ---------------------------------------------------------------------------------------------
+# Teacher sources: where the teacher pass gets each teacher's output.
+#
+# Sample ids. Every data plugin yields ``ids``: one int64 per sample, stable for the sample's
+# content, i.e. the same id for the same record whatever the split, seed, epoch, process or worker
+# (the record's index in its source file, an image's index in the sorted folder listing...).
+# Two samples of one dataset whose images may differ never share an id, except repeated views of
+# one image under random augmentation (see :class:`Augments`). A teacher cache is keyed by these ids
+# and checks each entry against a digest of the sample's image, so an id reused for another image
+# is refused, never silently served.
+
+
+@runtime_checkable
+class TeacherSource(Protocol):
+    """Each teacher's output for a batch: computed (online), read from a cache, or both (hybrid).
+
+    Attributes:
+        specs: Grid of each teacher's raw output, by teacher, in recipe order (known without
+            running a teacher: the aligner chains are sized from it).
+        teachers: The teachers that are loaded (a fully cached teacher is not), by name.
+    """
+
+    specs: dict[str, GridSpec]
+    teachers: dict[str, nn.Module]
+
+    def outputs(self, images: Tensor, ids: Tensor | None) -> dict[str, TeacherOutput]:
+        """Raw views ``(B, 3, H, W)`` and their sample ids ``(B,)`` -> every teacher's output for them."""
+        ...
+
+    def flush(self) -> None:
+        """Publish anything the source wrote on the way (a hybrid cache's appended rows)."""
         ...

@@ -123,6 +123,10 @@ class AdapterHandle:
         """Follow ``spec`` from now on."""
         self.state.set(spec)
 
+    def preserved_routers(self) -> contextlib.AbstractContextManager[None]:
+        """Inside: forwards may route freely; after: the router log (last outputs, usage) is as before."""
+        return self.log.preserved() if self.log is not None else contextlib.nullcontext()
+
     def checkpoint_context(self) -> tuple[contextlib.AbstractContextManager, contextlib.AbstractContextManager]:
         """``context_fn`` for non-reentrant activation checkpointing (replays the route)."""
         return self.state.checkpoint_context()

@@ -8,6 +8,7 @@ aligned grid), never from recipe numbers. Nothing here knows a model or a teache
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,11 @@ import torch
 from torch import nn
 
 from kdkit.align import build_aligner_chain
+from kdkit.engine.capabilities import capabilities_of
 from kdkit.engine.step import Distiller
+from kdkit.engine.teacher_pass import OnlineTeachers
 from kdkit.errors import KdkitError
-from kdkit.interfaces import BuildContext
+from kdkit.interfaces import BuildContext, Teacher, TeacherSource
 from kdkit.recipe.schema import Recipe
 from kdkit.registry import Registry
 
@@ -29,10 +32,22 @@ def base_context(recipe: Recipe, device: torch.device) -> BuildContext:
                         device=str(device))
 
 
-def build_teacher(registry: Registry, name: str, block: Any, context: BuildContext, device: torch.device) -> nn.Module:
-    """One frozen teacher on ``device``; refuses a teacher that could train."""
-    teacher = registry.build("teacher", block.config, dataclasses.replace(context, name=name))
-    if not isinstance(teacher, nn.Module) or not hasattr(teacher, "out_spec"):
+def build_teacher(registry: Registry, name: str, block: Any, context: BuildContext, device: torch.device,
+                  seed: int | None = None) -> nn.Module:
+    """One frozen teacher on ``device``; refuses a teacher that could train.
+
+    With ``seed``, the teacher is built under its own random state seeded with it, and the
+    caller's random state is left as it was: whatever a teacher's construction draws (random
+    init before its checkpoint loads) neither depends on nor changes what is built around it, so
+    a run that reads a teacher from a cache initialises everything else exactly as one that builds it.
+    """
+    if seed is None:
+        teacher = registry.build("teacher", block.config, dataclasses.replace(context, name=name))
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            teacher = registry.build("teacher", block.config, dataclasses.replace(context, name=name))
+    if not isinstance(teacher, nn.Module) or not isinstance(teacher, Teacher):
         raise KdkitError(f"teachers.{name}: the teacher plugin {block.kind!r} must build an nn.Module with out_spec")
     if any(p.requires_grad for p in teacher.parameters()):
         raise KdkitError(f"teachers.{name}: the {block.kind!r} teacher has parameters that require grad; "
@@ -60,10 +75,11 @@ def build_distiller(recipe: Recipe, registry: Registry, device: torch.device) ->
     torch.manual_seed(recipe.runtime.seed)
     context = base_context(recipe, device)
     student, adapters = build_student(recipe, registry, device)
-    teachers = {name: build_teacher(registry, name, block, context, device) for name, block in recipe.teachers.items()}
+    source = teacher_source(recipe, registry, context, device)
+    specs = source.specs
     with_student = dataclasses.replace(context, student_spec=student.feature_spec, text_dim=student.text_dim)
     chains = {
-        name: build_aligner_chain(registry, name, [b.config for b in block.align], teachers[name].out_spec, with_student)
+        name: build_aligner_chain(registry, name, [b.config for b in block.align], specs[name], with_student)
         for name, block in recipe.teachers.items()
     }
     full = dataclasses.replace(
@@ -77,7 +93,25 @@ def build_distiller(recipe: Recipe, registry: Registry, device: torch.device) ->
         scorer = registry.build("scorer", recipe.scorer.config, dataclasses.replace(full, name="scorer"))
     losses = {name: registry.build("loss", block.config, dataclasses.replace(full, name=name))
               for name, block in recipe.losses.items()}
-    return Distiller(student, adapters, teachers, chains, scorer, losses).to(device)
+    return Distiller(student, adapters, source.teachers, chains, scorer, losses, source=source,
+                     capabilities=capabilities_of(student, adapters)).to(device)
+
+
+def teacher_source(recipe: Recipe, registry: Registry, context: BuildContext, device: torch.device) -> TeacherSource:
+    """The run's teacher source: every teacher online, or the ``runtime.teacher_cache`` (cached / hybrid).
+
+    Each teacher is built under its own random state seeded with ``runtime.seed``
+    (see :func:`build_teacher`); a teacher the cache serves entirely is never built.
+    """
+    runtime = recipe.runtime
+    builders = {name: functools.partial(build_teacher, registry, name, block, context, device, runtime.seed)
+                for name, block in recipe.teachers.items()}
+    if runtime.teacher_cache is None or runtime.teacher_cache_mode == "online":
+        return OnlineTeachers({name: build() for name, build in builders.items()})
+    from kdkit.cache.source import open_cache
+
+    return open_cache(context.resolve(runtime.teacher_cache), recipe.teachers, context, builders,
+                      runtime.teacher_cache_mode, runtime.teacher_cache_append)
 
 
 def module_prefix(root: nn.Module, target: nn.Module) -> str:

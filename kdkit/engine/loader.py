@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from kdkit.engine.capabilities import data_capabilities
 from kdkit.engine.distributed import World
 from kdkit.errors import KdkitError
 from kdkit.recipe.schema import Stage
@@ -60,7 +61,8 @@ def batch_stream(dataset: Dataset, stage: Stage, plan: Plan, world: World, seed:
                  num_workers: int) -> Iterator[Any]:
     """Micro-batches of this process from global micro-batch index ``start`` on, epoch after epoch.
 
-    A dataset with a ``group_order(indices, group, seed) -> indices`` method (e.g. length-grouped
+    A dataset with a ``group_order(indices, group, seed) -> indices`` method
+    (:class:`~kdkit.interfaces.GroupsBatches`, e.g. length-grouped
     batching) reorders this process's indices of each epoch before they are cut into batches of
     ``group`` = ``per_device``; its seed depends only on ``seed`` and the epoch, so a resumed run
     still reads the same batches.
@@ -68,15 +70,16 @@ def batch_stream(dataset: Dataset, stage: Stage, plan: Plan, world: World, seed:
     sampler = DistributedSampler(dataset, num_replicas=world.size, rank=world.rank, shuffle=True, seed=seed, drop_last=True)
     epoch, offset = divmod(start, plan.batches_per_epoch)
     per_device = stage.batch.per_device
-    group_order = getattr(dataset, "group_order", None)
+    capabilities = data_capabilities(dataset)
+    group_order = capabilities.group_order
     while True:
         sampler.set_epoch(epoch)
         order = list(sampler)
-        if callable(group_order):
+        if group_order is not None:
             order = list(group_order(order, per_device, seed * 1_000_003 + epoch))
         indices = order[offset * per_device: plan.batches_per_epoch * per_device]
         loader = DataLoader(dataset, batch_size=per_device, sampler=indices, drop_last=True, num_workers=num_workers,
-                            collate_fn=getattr(dataset, "collate", None),
+                            collate_fn=capabilities.collate,
                             generator=torch.Generator())  # its own generator: never draws from the global RNG
         yield from loader
         epoch, offset = epoch + 1, 0

@@ -112,7 +112,7 @@ def load_sharded(path: Path, model: dict[str, Any] | None = None, optimizer: dic
         with _quiet():
             dcp.load(wanted, checkpoint_id=path, no_dist=_single())
     except (Exception, CheckpointException) as exc:  # DCP's exception is a BaseException holding each rank's
-        failures = getattr(exc, "failures", {0: exc})
+        failures = exc.failures if isinstance(exc, CheckpointException) else {0: exc}
         causes = "; ".join(f"rank {r}: {type(e).__name__} {str(e).strip()[:120]}".strip() for r, e in failures.items())
         raise CheckpointError(f"checkpoint {path.parent} could not be read ({causes}); a shard is missing or "
                               "truncated: resume from an earlier checkpoint (delete this directory)") from None

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
+from torch.distributed.tensor import DTensor
 
 from kdkit.engine.checkpoint import Checkpoint, rng_state, save_checkpoint, set_rng_state
 from kdkit.engine.distributed import World, unwrap
@@ -54,7 +55,7 @@ def frozen_digest(model: nn.Module, trained: set[str], world: World) -> dict[str
     rows = []
     for _, param in frozen:
         local = param.detach()
-        local = local.to_local() if hasattr(local, "to_local") else local
+        local = local.to_local() if isinstance(local, DTensor) else local
         rows.append(torch.stack([local.sum(dtype=torch.float64), torch.linalg.vector_norm(local, dtype=torch.float64) ** 2]))
     values = torch.stack(rows)
     if world.strategy == "fsdp2":
@@ -220,8 +221,8 @@ class Meter:
     def routing(self, distiller: Distiller) -> dict[str, dict[str, list[float]]]:
         """``{group: {block: fraction of tokens per expert}}`` since the last record, over all processes."""
         found: dict[str, dict[str, list[float]]] = {}
-        for handle in distiller.adapters.values():
-            usage = handle.usage(reset=True) if hasattr(handle, "usage") else {}
+        for handle in distiller.capabilities.routers:
+            usage = handle.usage(reset=True)
             for block, groups in usage.items():
                 for group, counts in groups.items():
                     counts = self.world.all_reduce(counts.detach().float().clone())

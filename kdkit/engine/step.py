@@ -15,8 +15,10 @@ import torch
 from einops import rearrange, repeat
 from torch import Tensor, nn
 
+from kdkit.engine.capabilities import Capabilities, capabilities_of
+from kdkit.engine.teacher_pass import Absent, NoDistilledSamples, OnlineTeachers, teacher_pass
 from kdkit.errors import KdkitError, NonFiniteError
-from kdkit.interfaces import StepContext
+from kdkit.interfaces import RoutingControl, StepContext, TeacherExperts, TeacherSource
 
 
 def weighted_total(losses: Mapping[str, Tensor], weights: Mapping[str, float]) -> Tensor:
@@ -56,19 +58,22 @@ class ForcedFeatures(Mapping[str, Tensor]):
 
 @contextlib.contextmanager
 def routing(adapters: Sequence[Any], spec: Any, experts_only: bool = False) -> Iterator[None]:
-    """Every adapter (with teacher experts only, when ``experts_only``) follows ``spec`` inside."""
+    """Every adapter with routing control (with teacher experts only, when ``experts_only``) follows ``spec`` inside."""
     with contextlib.ExitStack() as stack:
         for handle in adapters:
-            if experts_only and not getattr(handle, "teacher_names", ()):
+            if experts_only and not (isinstance(handle, TeacherExperts) and handle.teacher_names):
                 continue
-            if hasattr(handle, "routing"):
+            if isinstance(handle, RoutingControl):
                 stack.enter_context(handle.routing(spec))
         yield
 
 
 def checkpoint_context(adapters: Sequence[Any]) -> Callable[[], tuple[Any, Any]] | None:
-    """``context_fn`` for activation checkpointing that replays every adapter's route, or None."""
-    handles = [h for h in adapters if hasattr(h, "checkpoint_context")]
+    """``context_fn`` for activation checkpointing that replays every adapter's route, or None.
+
+    ``adapters``: the adapters that replay routes (:attr:`Capabilities.replay`).
+    """
+    handles = list(adapters)
     if not handles:
         return None
 
@@ -105,10 +110,13 @@ class Distiller(nn.Module):
         chains: Aligner chain per teacher (trainable).
         scorer: Token scorer, or None for uniform weights.
         losses: Loss terms by name.
+        source: Where teacher outputs come from (default: the teachers, online).
+        capabilities: The student's and adapters' optional capabilities (default: checked here).
     """
 
     def __init__(self, student: Any, adapters: Mapping[str, Any], teachers: Mapping[str, nn.Module],
-                 chains: Mapping[str, nn.Module], scorer: Any, losses: Mapping[str, Callable[[StepContext], Tensor]]) -> None:
+                 chains: Mapping[str, nn.Module], scorer: Any, losses: Mapping[str, Callable[[StepContext], Tensor]],
+                 source: TeacherSource | None = None, capabilities: Capabilities | None = None) -> None:
         super().__init__()
         self.student = student.model
         heads = nn.ModuleDict({"aligners": nn.ModuleDict(dict(chains))})
@@ -119,7 +127,9 @@ class Distiller(nn.Module):
         # plain attributes: not sub-modules, so never in the optimizer, DDP buckets or checkpoints
         self.plugin = student
         self.adapters = dict(adapters)
-        self.teachers = dict(teachers)
+        self.capabilities = capabilities or capabilities_of(student, self.adapters)
+        self.source: TeacherSource = source if source is not None else OnlineTeachers(teachers)
+        self.teacher_order: tuple[str, ...] = tuple(chains)
         self.chains = dict(chains)
         object.__setattr__(self, "scorer", scorer)  # registered once, as heads.scorer
         self.losses = dict(losses)
@@ -142,22 +152,23 @@ class Distiller(nn.Module):
         """
         return super().train(mode)
 
-    def teacher_pass(self, images: Tensor, step: StepContext) -> None:
-        """Teachers (frozen, own dtype) and aligner chains -> grids, tokens ``I_i^T``, aligned ``Î_i^T``."""
-        for name, teacher in self.teachers.items():
-            out = teacher(images)
-            step.teacher_grids[name] = out.grid
-            if out.prefix is not None:
-                step.teacher_prefix[name] = out.prefix
-            if getattr(out, "logits", None) is not None:
-                step.teacher_logits[name] = out.logits
-            tokens, aligned = self.chains[name](out.grid)
-            step.teacher_tokens[name] = tokens
-            step.teacher_aligned[name] = aligned
+    @property
+    def teachers(self) -> dict[str, nn.Module]:
+        """The loaded teachers by name (a teacher served wholly from a cache is not loaded)."""
+        return self.source.teachers
+
+    @teachers.setter
+    def teachers(self, teachers: Mapping[str, nn.Module]) -> None:
+        self.source = OnlineTeachers(teachers)
+
+    def teacher_pass(self, images: Tensor, step: StepContext, ids: Tensor | None = None) -> None:
+        """Teacher outputs (online or cached, by sample ``ids``) and aligner chains -> grids, tokens ``I_i^T``,
+        aligned ``Î_i^T`` (see :func:`kdkit.engine.teacher_pass.teacher_pass`)."""
+        teacher_pass(self.source, self.chains, images, ids, step)
 
     def forced_pass(self, images: Tensor) -> dict[str, Tensor]:
         """``(B, 3, H, W)`` -> ``{teacher: (B, m, D)}`` from one pass over ``N_t * B`` images."""
-        handles = [h for h in self.adapters.values() if getattr(h, "teacher_names", ())]
+        handles = list(self.capabilities.experts)
         if not handles:
             raise KdkitError("a loss reads step.student_forced (the student forced through each teacher's expert), "
                              "but no adapter has teacher experts; add a mola adapter or drop that loss")
@@ -172,21 +183,46 @@ class Distiller(nn.Module):
     def forward(self, batch: Mapping[str, Any]) -> tuple[dict[str, Tensor], StepContext]:
         """Batch -> (``{term: unweighted scalar}`` of the active losses, step context)."""
         images = batch["images"]
-        step = StepContext(batch=batch, teacher_names=tuple(self.teachers), labels=batch.get("labels"))
-        self.teacher_pass(images, step)
-        with routing(self.adapters.values(), "routed"):
+        step = StepContext(batch=batch, teacher_names=self.teacher_order, labels=batch.get("labels"))
+        step.rows = distilled_rows(batch)
+        kd_images = images if step.rows is None else images[step.rows]
+        ids = batch.get("ids")
+        kd_ids = ids if ids is None or step.rows is None else ids[step.rows.to(ids.device)]
+        some = kd_images.shape[0] > 0
+        if some:
+            self.teacher_pass(kd_images, step, kd_ids)
+        else:  # no teacher work at all; terms that read teacher outputs count 0 below
+            step.teacher_grids = step.teacher_tokens = step.teacher_aligned = Absent()  # type: ignore[assignment]
+            step.teacher_prefix = step.teacher_logits = step.scores = Absent()  # type: ignore[assignment]
+        with routing(self.capabilities.routed, "routed"):
             out = self.plugin(batch)
-        step.routers = [r for h in self.adapters.values() if hasattr(h, "router_outputs") for r in h.router_outputs()]
-        step.student_routed, step.task_loss, step.logits = out.features, out.task_loss, out.logits
-        step.text, step.text_mask = out.text, out.text_mask
-        step.student_forced = ForcedFeatures(lambda: self.forced_pass(images))  # type: ignore[assignment]
-        if self.scorer is not None:
+        step.routers = [r for h in self.capabilities.routers for r in h.router_outputs()]
+        step.task_loss, step.logits = out.task_loss, out.logits
+        step.student_routed, step.text, step.text_mask = (
+            t if t is None or step.rows is None else t[step.rows] for t in (out.features, out.text, out.text_mask))
+        step.student_forced = (ForcedFeatures(lambda: self.forced_pass(kd_images)) if some  # type: ignore[assignment]
+                               else Absent())
+        if self.scorer is not None and some:
             step.scores = {name: self.scorer(step, name) for name in step.teacher_names}
         losses: dict[str, Tensor] = {}
         for name in self.active:
             try:
                 losses[name] = self.losses[name](step)
+            except NoDistilledSamples:  # a distillation term on a batch without any distilled sample
+                losses[name] = torch.zeros((), device=images.device)
             except NonFiniteError as exc:  # the term found its own value non-finite: the guard decides
                 step.extras.setdefault("nonfinite", {})[name] = str(exc)
                 losses[name] = torch.full((), float("nan"), device=images.device)
         return losses, step
+
+
+def distilled_rows(batch: Mapping[str, Any]) -> Tensor | None:
+    """``(B_kd,)`` indices of the samples that get teacher work, or None when every sample does.
+
+    A sample is distilled unless the batch marks it as having no image (``has_image`` False: a
+    text-only conversation, whose placeholder image would only make blank-image targets).
+    """
+    has_image = batch.get("has_image")
+    if has_image is None or bool(has_image.all()):
+        return None
+    return torch.nonzero(has_image, as_tuple=True)[0]

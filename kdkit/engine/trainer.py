@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from kdkit.engine import build, state
+from kdkit.engine.capabilities import data_capabilities
 from kdkit.engine.checkpoint import Checkpoint, set_rng_state
 from kdkit.engine.distributed import World, gradient_sync, wrap
 from kdkit.engine.loader import Plan, batch_stream, plan_stage, to_device
@@ -114,13 +115,13 @@ class Trainer:
         self.meter = state.Meter(world)
         self.scaler = torch.amp.GradScaler(world.device.type) if self.runtime.precision == "fp16" else None
         if recipe.runtime.gradient_checkpointing:
-            enable = getattr(distiller.plugin, "enable_gradient_checkpointing", None)
-            if enable is None:
+            student = distiller.capabilities.checkpointing
+            if student is None:
                 raise KdkitError(f"runtime.gradient_checkpointing: the {recipe.student.kind!r} student does not "
                                  "support it (it has no enable_gradient_checkpointing)")
             from kdkit.engine.step import checkpoint_context
 
-            enable(checkpoint_context(list(distiller.adapters.values())))
+            student.enable_gradient_checkpointing(checkpoint_context(distiller.capabilities.replay))
 
     # stages ----------------------------------------------------------------------------------
     def fit(self, resume: Checkpoint | None = None) -> None:
@@ -144,6 +145,7 @@ class Trainer:
             if resume is not None and here is None and index == resume.state["stage_index"] + 1 and resume.state["stage_done"]:
                 set_rng_state(resume.state["rng"][self.world.rank])
             self.run_stage(index, name, stage, here)
+        self.distiller.source.flush()  # a hybrid cache publishes the rows it appended
         self.distiller.eval()  # training is over: whatever uses the model next evaluates it
         self.monitor.close()
 
@@ -151,7 +153,13 @@ class Trainer:
         """The stage's dataset; its plugin sees the student (tokenizer, image tokens) and the run directory."""
         context = dataclasses.replace(build.base_context(self.recipe, self.world.device), name=name,
                                       extras={"student": self.distiller.plugin, "run_dir": self.run_dir})
-        return self.registry.build("data", stage.data.config, context)
+        dataset = self.registry.build("data", stage.data.config, context)
+        runtime = self.recipe.runtime
+        if runtime.teacher_cache is not None and runtime.teacher_cache_mode != "online" and data_capabilities(dataset).augments:
+            raise KdkitError(f"stages.{name}.data: the {stage.data.kind!r} data augments its images at random, so its "
+                             f"teacher outputs change from one reading to the next and runtime.teacher_cache cannot serve "
+                             "them; turn its augmentation off, or set runtime.teacher_cache_mode: online")
+        return dataset
 
     def run_stage(self, index: int, name: str, stage: Stage, resume: Checkpoint | None) -> None:
         """Set up one stage (data, trainable set, wrapping, optimizer) and run its steps."""
@@ -161,7 +169,8 @@ class Trainer:
         plan = plan_stage(name, stage, len(dataset), self.world)
         chosen = build.resolve_trainable(name, stage.trainable, self.distiller, build.parameter_groups(self.distiller))
         build.set_trainable(self.distiller, chosen)  # before wrapping: DDP hooks what requires grad
-        units = getattr(self.distiller.plugin, "shard_units", list)()
+        sharding = self.distiller.capabilities.shard_units
+        units = sharding.shard_units() if sharding is not None else []
         model = wrap(self.distiller, self.world, units)
         if self.pending is not None:  # after wrapping: FSDP2 reads its own shards
             state.load_weights(model, self.pending, self.world)
@@ -254,7 +263,9 @@ class Trainer:
         if not params:
             return torch.zeros((), device=self.world.device)
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm is not None else math.inf)
-        return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+        from torch.distributed.tensor import DTensor
+
+        return norm.full_tensor() if isinstance(norm, DTensor) else norm
 
     def nonfinite(self, name: str, stage_step: int, terms: list[str], finite: list[Tensor], batches: list[Any],
                   grad_norm: Tensor, optimizer: torch.optim.Optimizer) -> None:

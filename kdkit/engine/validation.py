@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from torch import nn
+from torch.distributed.fsdp import FSDPModule
 
 from kdkit.engine.best import publish_best, read_best
 from kdkit.engine.checkpoint import checkpoint_path
@@ -100,15 +101,13 @@ def evaluation_mode(distiller: Distiller, model: nn.Module, world: World) -> Ite
     roots = [model, distiller, *(t for t in distiller.teachers.values() if isinstance(t, nn.Module))]
     modules = {id(m): m for root in roots for m in root.modules()}
     flags = [(m, m.training) for m in modules.values()]
-    adapters = list(distiller.adapters.values())
-    sharded = world.strategy == "fsdp2" and callable(getattr(model, "unshard", None))
+    adapters = list(distiller.capabilities.routed)
+    sharded = world.strategy == "fsdp2" and isinstance(model, FSDPModule)
     try:
         with contextlib.ExitStack() as stack:
             stack.enter_context(preserved_rng())
-            for handle in adapters:
-                log = getattr(handle, "log", None)
-                if callable(getattr(log, "preserved", None)):
-                    stack.enter_context(log.preserved())
+            for handle in distiller.capabilities.preserves:
+                stack.enter_context(handle.preserved_routers())
             stack.enter_context(torch.no_grad())
             stack.enter_context(routing(adapters, "routed"))
             if sharded:

@@ -130,6 +130,15 @@ class Runtime(Strict):
     keep_last: int = Field(2, gt=0, description="Checkpoints kept on disk.")
     on_nonfinite: Literal["stop", "skip"] = Field("stop", description="What a non-finite loss does: stop the run, or skip the step.")
     num_workers: int = Field(0, ge=0, description="Data-loader worker processes.")
+    teacher_cache: str | None = Field(
+        None, description="Teacher-feature cache directory written by `kdkit cache` (relative to the data root); "
+        "null: teachers run at every step.")
+    teacher_cache_mode: Literal["online", "cached", "hybrid"] = Field(
+        "cached", description="With `teacher_cache`: `cached` reads every teacher output from it (a missing sample is "
+        "an error; fully cached teachers are never loaded); `hybrid` reads what is cached and computes the rest; "
+        "`online` ignores the cache.")
+    teacher_cache_append: bool = Field(
+        False, description="In hybrid mode, write the outputs computed for missing samples into the cache as new shards.")
 
 
 class Eval(Strict):
