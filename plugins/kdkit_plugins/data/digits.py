@@ -1,7 +1,8 @@
 """scikit-learn's bundled handwritten digits (Alpaydin & Kaynak, UCI "Optical Recognition of
 Handwritten Digits", 1998): 1,797 real 8x8 scans of 10 classes, no download, upsampled.
 
-A fixed stratified train/test split by ``split_seed``; optional light augmentation, seeded per sample.
+A fixed stratified train/test split by ``split_seed``; with ``val_fraction`` a validation split is carved,
+stratified, from the train side (the test side never changes); optional light augmentation, seeded per sample.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from torch.nn import functional as F
 from torch.utils.data import Dataset
 
 from kdkit import BuildContext, Example, Factory, PluginConfig, hookimpl
+from kdkit.errors import KdkitError
 from kdkit_plugins.data._classes import check_class_count
 
 #: Classes of the digits data (0-9).
@@ -28,8 +30,13 @@ class DigitsConfig(PluginConfig):
     """Handwritten digits 0-9 (1,797 scans) upsampled to ``(3, S, S)`` in [0, 1]; a fixed stratified split."""
 
     kind: Literal["digits"] = "digits"
-    split: Literal["train", "test"] = Field("train", description="Which side of the fixed split to read.")
+    split: Literal["train", "val", "test"] = Field(
+        "train", description="Which side of the fixed split to read (val needs val_fraction > 0).")
     test_fraction: float = Field(0.25, gt=0.0, lt=1.0, description="Fraction of each class held out for the test split.")
+    val_fraction: float = Field(
+        0.0, ge=0.0, lt=1.0, description="Fraction of each class of the train side carved out as the val split "
+        "(removed from train). Make every choice on val and read test once per reported configuration; "
+        "0 keeps the whole train side for training.")
     split_seed: int = Field(0, description="Seed of the split (independent of the run's seed): keep it fixed to "
                             "compare runs on the same test set.")
     image_size: int = Field(32, ge=8, description="Height and width the 8x8 scans are upsampled to.")
@@ -54,6 +61,19 @@ def split_indices(labels: Tensor, test_fraction: float, seed: int) -> tuple[Tens
         test.append(members[:cut])
         train.append(members[cut:])
     return torch.cat(train).sort().values, torch.cat(test).sort().values
+
+
+def carve_indices(labels: Tensor, test_fraction: float, val_fraction: float, seed: int) -> dict[str, Tensor]:
+    """``(N,)`` labels -> sorted ``train``, ``val`` and ``test`` indices.
+
+    ``test`` is exactly :func:`split_indices`'s; ``val`` takes ``round(val_fraction * n_c)`` of each class of
+    the train side (drawn with a generator of its own, so the test side does not depend on ``val_fraction``).
+    """
+    train, test = split_indices(labels, test_fraction, seed)
+    if val_fraction == 0.0:
+        return {"train": train, "val": train[:0], "test": test}
+    keep, val = split_indices(labels[train], val_fraction, seed + 1)
+    return {"train": train[keep], "val": train[val], "test": test}
 
 
 def load_scans() -> tuple[Tensor, Tensor]:
@@ -121,8 +141,10 @@ def build(config: DigitsConfig, context: BuildContext) -> Digits:
     """One side of the fixed split (checked against the student's class count when the context has it)."""
     check_class_count(NUM_CLASSES, context, "the digits data")
     scans, labels = load_scans()
-    train, test = split_indices(labels, config.test_fraction, config.split_seed)
-    chosen = train if config.split == "train" else test
+    if config.split == "val" and config.val_fraction == 0.0:
+        raise KdkitError("digits data: split 'val' is empty with val_fraction 0; set val_fraction (e.g. 0.2), "
+                         "the same value in every recipe that trains on the train split")
+    chosen = carve_indices(labels, config.test_fraction, config.val_fraction, config.split_seed)[config.split]
     augment = config.augment and config.split == "train"
     repeats = config.repeats if config.split == "train" else 1
     return Digits(scans[chosen], labels[chosen], chosen, config.image_size, config.interpolation, augment,

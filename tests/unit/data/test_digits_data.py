@@ -9,7 +9,8 @@ import torch
 
 from kdkit import BuildContext
 from kdkit.errors import DataError
-from kdkit_plugins.data.digits import load_scans, split_indices
+from kdkit.errors import KdkitError
+from kdkit_plugins.data.digits import carve_indices, load_scans, split_indices
 
 
 def build(registry, name: str = "train", student=None, **fields):
@@ -35,6 +36,27 @@ def test_split_is_fixed_by_its_seed(registry) -> None:
     assert torch.equal(first[1], again[1]) and not torch.equal(first[1], other[1])
     test = build(registry, split="test")
     assert torch.equal(test.ids, first[1]) and len(build(registry)) == 1797 - len(first[1])
+
+
+def test_val_is_carved_from_train_and_leaves_test_alone(registry) -> None:
+    _, labels = load_scans()
+    train, test = split_indices(labels, 0.25, 0)
+    parts = carve_indices(labels, 0.25, 0.2, 0)
+    assert torch.equal(parts["test"], test)
+    assert not set(parts["train"].tolist()) & set(parts["val"].tolist())
+    assert sorted(parts["train"].tolist() + parts["val"].tolist()) == train.tolist()
+    for label in range(10):
+        assert int((labels[parts["val"]] == label).sum()) == round(0.2 * int((labels[train] == label).sum()))
+    val = build(registry, split="val", val_fraction=0.2, augment=True)
+    assert torch.equal(val.ids, parts["val"]) and not val.augment
+    assert torch.equal(build(registry, val_fraction=0.2).ids, parts["train"])
+    assert torch.equal(build(registry, split="test", val_fraction=0.2).ids, test)
+    assert torch.equal(carve_indices(labels, 0.25, 0.2, 0)["val"], parts["val"])  # deterministic
+
+
+def test_empty_val_split_is_refused(registry) -> None:
+    with pytest.raises(KdkitError, match="split 'val' is empty with val_fraction 0"):
+        build(registry, split="val")
 
 
 def test_samples_are_the_upsampled_scans(registry) -> None:
