@@ -217,6 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"kdkit {__version__}")
     parser.add_argument("--disable", action="append", default=[], metavar="PLUGIN", help="disable a plugin by name (repeatable)")
     parser.add_argument("--traceback", action="store_true", help="show tracebacks of user errors too")
+    parser.add_argument("--verbose", action="store_true",
+                        help="let third-party libraries show their progress bars and log warnings")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("plugins", help="list loaded plugins and the names they offer", description=cmd_plugins.__doc__)
@@ -307,6 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``kdkit`` command; returns the exit code."""
     args = build_parser().parse_args(argv)
+    from kdkit.third_party import quiet_third_party
+
+    quiet_third_party(args.verbose)
     try:
         if args.disable:
             from kdkit import plugins

@@ -61,7 +61,7 @@ def build(config: HfClipConfig, context: BuildContext) -> HfClipTeacher:
     model = load_vision_model(CLIPVisionModel, directory, context.name)
     vision = model.config
     layer = pick_layer(config.layer, vision.num_hidden_layers, context.name, what="encoder layers")
-    settings = processor_settings(directory)
+    settings = processor_settings(directory, context.name)
     mean = config.mean or settings.get("image_mean", CLIPImageProcessor.image_mean)
     std = config.std or settings.get("image_std", CLIPImageProcessor.image_std)
     size = size_pair(config.resolution or vision.image_size)

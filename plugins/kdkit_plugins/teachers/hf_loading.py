@@ -33,9 +33,29 @@ def _vision_prefix(missing: Iterable[str], unexpected: Iterable[str]) -> str | N
     return None
 
 
+def read_json_file(directory: Path, name: str, teacher: str, what: str) -> dict[str, Any]:
+    """``directory/name`` parsed, or a :class:`CheckpointError` naming the directory and the expected file."""
+    path = directory / name
+    if not path.is_file():
+        raise checkpoint_error(teacher, directory, f"has no {name} ({what}); give the folder written by "
+                               "save_pretrained (config.json + weights)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise checkpoint_error(teacher, path, f"is not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise checkpoint_error(teacher, path, f"must hold a JSON object, not {type(data).__name__}")
+    return data
+
+
 def load_vision_model(model_class: Any, directory: Path, teacher: str) -> nn.Module:
     """``model_class.from_pretrained(directory)`` offline, raising :class:`CheckpointError` on any bad key."""
     from transformers.utils import logging as hf_logging
+
+    if not directory.is_dir():
+        raise checkpoint_error(teacher, directory, f"must be a directory written by {model_class.__name__}"
+                               ".save_pretrained (config.json + weights)")
+    read_json_file(directory, "config.json", teacher, "the model's configuration")
 
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the load report is replaced by the strict check below
@@ -46,7 +66,7 @@ def load_vision_model(model_class: Any, directory: Path, teacher: str) -> nn.Mod
             mapping = {f"^{re.escape(prefix)}": ""}
             model, info = model_class.from_pretrained(directory, local_files_only=True, output_loading_info=True,
                                                       key_mapping=mapping)
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError) as exc:  # a config of another model
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise checkpoint_error(teacher, directory, f"not a loadable {model_class.__name__} directory ({reason}); "
                                "give the folder written by save_pretrained (config.json + weights)") from None
@@ -64,7 +84,8 @@ def load_vision_model(model_class: Any, directory: Path, teacher: str) -> nn.Mod
     return model
 
 
-def processor_settings(directory: Path) -> dict[str, Any]:
-    """The ``preprocessor_config.json`` saved beside the model, or ``{}``."""
-    path = directory / "preprocessor_config.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+def processor_settings(directory: Path, teacher: str = "teacher") -> dict[str, Any]:
+    """The ``preprocessor_config.json`` saved beside the model, or ``{}``; a broken one is an error naming it."""
+    if not (directory / "preprocessor_config.json").is_file():
+        return {}
+    return read_json_file(directory, "preprocessor_config.json", teacher, "image preprocessing")

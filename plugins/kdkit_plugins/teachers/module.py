@@ -115,7 +115,11 @@ def build(config: ModuleConfig, context: BuildContext) -> ModuleTeacher:
 
     require_known(context.name, "torchvision", config.model, torchvision.models.list_models())
     path = resolve_checkpoint(config.checkpoint, context)
-    model = torchvision.models.get_model(config.model, weights=None, **config.model_args)
+    try:
+        model = torchvision.models.get_model(config.model, weights=None, **config.model_args)
+    except (TypeError, ValueError, RuntimeError, KeyError, AssertionError) as exc:  # torchvision's own, translated
+        raise KdkitError(f"teacher {context.name!r}: torchvision cannot build {config.model!r} with model_args "
+                         f"{config.model_args}: {exc}") from None
     load_into(model, read_state_dict(path, context.name), context.name, path, hint=f"model={config.model!r}")
     teacher = ModuleTeacher(model, config.layer, _preprocess(config, context.name), config.layout, config.prefix_tokens, context.name,
                             DTYPES[config.dtype])

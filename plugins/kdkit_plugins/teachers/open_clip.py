@@ -17,9 +17,12 @@ from torch import Tensor, nn
 from kdkit import BuildContext, Example, Factory, TeacherOutput, hookimpl
 from kdkit.errors import KdkitError
 from kdkit.teacher import DTYPES, FrozenTeacher, Preprocess, TeacherConfig, size_pair
-from kdkit.weights import find_checkpoint, load_into, read_state_dict, resolve_checkpoint, strip_prefix
+from kdkit.weights import checkpoint_error, find_checkpoint, load_into, read_state_dict, resolve_checkpoint, strip_prefix
 from kdkit_plugins.teachers.catalog import require_known
 from kdkit_plugins.teachers.intermediates import accepts, take_layer
+
+#: The configuration file of an open_clip model directory (open_clip's `local-dir:` layout).
+CONFIG_FILE = "open_clip_config.json"
 
 
 class OpenClipConfig(TeacherConfig):
@@ -64,6 +67,7 @@ def _create(config: OpenClipConfig, context: BuildContext) -> tuple[nn.Module, P
 
     path = resolve_checkpoint(config.checkpoint, context)
     if path.is_dir():
+        check_config_file(path, context.name)
         identifier, weights = f"local-dir:{path}", find_checkpoint(path, context.name)
     else:
         if not config.model:
@@ -76,9 +80,25 @@ def _create(config: OpenClipConfig, context: BuildContext) -> tuple[nn.Module, P
     try:
         model = open_clip.create_model(identifier, pretrained=None, load_weights=False, pretrained_image=False,
                                        pretrained_text=False, force_image_size=size)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:  # open_clip's own failures, translated
+        raise checkpoint_error(context.name, path, f"open_clip cannot build {identifier!r}: {exc}") from None
     finally:
         logging.disable(logging.NOTSET)
     return model, weights, identifier
+
+
+def check_config_file(directory: Path, teacher: str) -> None:
+    """An open_clip model directory must hold a readable ``open_clip_config.json`` beside its weights."""
+    import json
+
+    config = directory / CONFIG_FILE
+    if not config.is_file():
+        raise checkpoint_error(teacher, directory, f"has no {CONFIG_FILE}; an open_clip model directory holds "
+                               f"{CONFIG_FILE} + the weights (or point checkpoint at the weights file and set model)")
+    try:
+        json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise checkpoint_error(teacher, config, f"is not valid JSON ({exc})") from None
 
 
 def build(config: OpenClipConfig, context: BuildContext) -> OpenClipTeacher:

@@ -84,7 +84,7 @@ def build(config: Pix2StructConfig, context: BuildContext) -> Pix2StructTeacher:
     vision = model.config
     layer = pick_layer(config.layer, vision.num_hidden_layers, context.name, what="encoder layers")
     patch = math.isqrt(vision.patch_embed_hidden_size // 3)
-    max_patches = processor_settings(directory).get("max_patches", Pix2StructImageProcessor.max_patches)
+    max_patches = processor_settings(directory, context.name).get("max_patches", Pix2StructImageProcessor.max_patches)
     size = size_pair(config.resolution or math.isqrt(max_patches) * patch)
     preprocess = Preprocess(size, config.mean or (0.0, 0.0, 0.0), config.std or (1.0, 1.0, 1.0),
                             config.interpolation)

@@ -90,7 +90,11 @@ def build(config: TimmConfig, context: BuildContext) -> TimmTeacher:
     architecture = config.model.split(".")[0]
     require_known(context.name, "timm", architecture, timm.list_models())
     # eval from the start: tracing the layers in train mode would run batch-norm statistics on a batch of one
-    model = timm.create_model(architecture, pretrained=False, **config.model_args).eval()
+    try:
+        model = timm.create_model(architecture, pretrained=False, **config.model_args).eval()
+    except (TypeError, ValueError, RuntimeError, KeyError, AssertionError) as exc:  # timm's own failures, translated
+        raise KdkitError(f"teacher {context.name!r}: timm cannot create {architecture!r} with model_args "
+                         f"{config.model_args}: {exc}") from None
     if not hasattr(model, "forward_intermediates"):
         raise KdkitError(f"teacher {context.name!r}: timm model {architecture!r} has no forward_intermediates; "
                         "use the `module` teacher with a module path instead")

@@ -113,8 +113,33 @@ def test_hf_directory_of_another_model(registry, tmp_path) -> None:
 
 def test_hf_folder_without_config(registry, tmp_path) -> None:
     (tmp_path / "empty").mkdir()
-    with pytest.raises(CheckpointError, match="not a loadable CLIPVisionModel directory"):
+    with pytest.raises(CheckpointError, match=r"checkpoint '.*empty': has no config.json \(the model's configuration\)"):
         build_teacher(registry, {"kind": "hf_clip", "checkpoint": str(tmp_path / "empty")})
+
+
+@pytest.mark.parametrize(("kind", "write", "config_file"), [
+    ("open_clip", tiny.write_tiny_open_clip, "open_clip_config.json"),
+    ("pix2struct", tiny.write_tiny_pix2struct, "config.json"),
+    ("hf_clip", tiny.write_tiny_hf_clip, "config.json"),
+])
+def test_model_directory_missing_or_breaking_its_config_names_directory_and_file(registry, tmp_path, kind, write,
+                                                                                 config_file) -> None:
+    """The library's own FileNotFoundError / RuntimeError never reaches the user: kdkit names the file."""
+    config = write(tmp_path / kind)
+    (tmp_path / kind / config_file).unlink()
+    with pytest.raises(CheckpointError, match=rf"teacher 'clip': checkpoint '.*{kind}': has no {config_file}"):
+        build_teacher(registry, config, name="clip")
+    (tmp_path / kind / config_file).write_text("{not json")
+    with pytest.raises(CheckpointError, match=rf"checkpoint '.*{config_file}': is not valid JSON"):
+        build_teacher(registry, config, name="clip")
+
+
+def test_model_args_timm_refuses_are_named(registry, tmp_path) -> None:
+    config = tiny.write_tiny_timm(tmp_path / "timm")
+    config["model_args"] = {**config.get("model_args", {}), "bogus": 1}
+    with pytest.raises(KdkitError, match=r"teacher 'eva': timm cannot create .* with model_args "
+                                         r".*'bogus': 1.*unexpected keyword argument 'bogus'"):
+        build_teacher(registry, config, name="eva")
 
 
 @pytest.mark.parametrize(("kind", "name", "close"), [
