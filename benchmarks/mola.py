@@ -6,7 +6,8 @@ forced passes batched or one by one, and a training step against a single LoRA.
     python -m benchmarks.mola --quick    # CI-size shapes
     python -m benchmarks.mola --overhead # parameter / FLOP table of a full CLIP-L tower
 
-The last line printed is one JSON object of ratios (medians over repeats).
+The last line printed is one JSON object of ratios: per repeat, the two variants timed back to
+back; the median over repeats.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -21,11 +23,14 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from kdkit.engine.step import forced_batching
 from kdkit.interfaces import BuildContext
 from kdkit_plugins.adapters import lora, mola
 from kdkit_plugins.adapters._mola_layer import MolaBlock, MolaLinear
 
 TEACHERS = ("clip", "convnext", "eva")
+#: The placement of recipes/hawaii/hawaii_7b.yaml (the paper's F*(h) = F(h) + a_i^T(h) + a_j^G(h)).
+HAWAII_PLACEMENT = "parallel"
 
 
 def clip_tower(layers: int, hidden: int, mlp: int, image: int, heads: int) -> nn.Module:
@@ -92,8 +97,8 @@ def loop_copy(model: nn.Module, handle: object) -> nn.Module:
 
 
 # -- timing ----------------------------------------------------------------------------------
-def median_times(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median seconds per run, the runs interleaved so machine noise hits them all alike."""
+def interleaved_times(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
+    """Seconds of every repeat per run, the runs interleaved so machine noise hits them all alike."""
     for run in runs.values():  # warm-up
         run()
     times: dict[str, list[float]] = {name: [] for name in runs}
@@ -102,7 +107,7 @@ def median_times(runs: dict[str, Callable[[], object]], repeats: int) -> dict[st
             start = time.perf_counter()
             run()
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return times
 
 
 def randomize(handle: object) -> None:
@@ -112,39 +117,39 @@ def randomize(handle: object) -> None:
             param.normal_(0, 0.02)
 
 
+def injected(plain: nn.Module, args: argparse.Namespace, **options: object) -> tuple[nn.Module, object]:
+    """A MoLA-injected copy of ``plain`` (3 teacher + 3 general experts) with random experts."""
+    model = copy.deepcopy(plain)
+    config = mola.MolaConfig(rank=args.rank, router_hidden=args.router_hidden, **options)
+    handle = mola.build(config, BuildContext(teacher_names=TEACHERS, model=model))
+    randomize(handle)
+    return model, handle
+
+
 def measure(args: argparse.Namespace) -> dict[str, float]:
     shapes = dict(layers=2, hidden=64, mlp=256, image=56, heads=4) if args.quick else \
         dict(layers=args.layers, hidden=1024, mlp=4096, image=336, heads=16)
     torch.manual_seed(0)
     plain = clip_tower(**shapes)
-    routed_model = copy.deepcopy(plain)
-    handle = mola.build(mola.MolaConfig(rank=args.rank, router_hidden=args.router_hidden),
-                        BuildContext(teacher_names=TEACHERS, model=routed_model))
-    randomize(handle)
-    loop_model = loop_copy(routed_model, handle)
+    hawaii_model, handle = injected(plain, args, placement=HAWAII_PLACEMENT)
+    both_model, both_handle = injected(plain, args, placement="both")
+    dense_model, _ = injected(plain, args, placement="both", compute="dense")
+    dense_model.load_state_dict(both_model.state_dict())
+    loop_model = loop_copy(both_model, both_handle)
     lora_model = copy.deepcopy(plain)
     lora_handle = lora.build(lora.LoraConfig(rank=args.rank), BuildContext(model=lora_model))
     randomize(lora_handle)
 
     images = torch.rand(args.batch, 3, shapes["image"], shapes["image"])
-    many = images.repeat(len(TEACHERS), 1, 1, 1)
-    index = handle.forced_index(args.batch)
     with torch.no_grad():
-        gap = (routed_model(images).last_hidden_state - loop_model(images).last_hidden_state).abs().max().item()
+        reference = loop_model(images).last_hidden_state
+        gap = max((m(images).last_hidden_state - reference).abs().max().item() for m in (both_model, dense_model))
 
-    def infer(model: nn.Module, x: Tensor = images) -> Callable[[], object]:
-        return lambda: model(x)
+    def infer(model: nn.Module) -> Callable[[], object]:
+        return lambda: model(images)
 
-    def forced_batched() -> object:
-        with handle.routing(index):
-            return routed_model(many)
-
-    def forced_sequential() -> object:
-        outs = []
-        for name in TEACHERS:
-            with handle.routing(name):
-                outs.append(routed_model(images).last_hidden_state)
-        return outs
+    def forced(batched: bool) -> Callable[[], object]:
+        return lambda: forced_passes(hawaii_model, handle, images, batched)
 
     def train(model: nn.Module) -> Callable[[], object]:
         def step() -> None:
@@ -153,27 +158,55 @@ def measure(args: argparse.Namespace) -> dict[str, float]:
         return step
 
     with torch.no_grad():
-        infer_times = median_times({
-            "plain": infer(plain), "mola_routed": infer(routed_model), "loop_routed": infer(loop_model),
-            "forced_batched": forced_batched, "forced_sequential": forced_sequential,
+        infer_times = interleaved_times({
+            "plain": infer(plain), "mola_routed": infer(hawaii_model), "mola_both_routed": infer(both_model),
+            "mola_both_dense": infer(dense_model), "loop_routed": infer(loop_model),
+            "forced_batched": forced(True), "forced_sequential": forced(False),
         }, args.repeats)
-    train_times = median_times({"lora_train": train(lora_model), "mola_train": train(routed_model)}, args.repeats)
+    train_times = interleaved_times({"lora_train": train(lora_model), "mola_train": train(hawaii_model)}, args.repeats)
     times = {**infer_times, **train_times}
 
     tokens = (shapes["image"] // 14) ** 2 + 1
     print(f"shapes: {shapes['layers']} layers, hidden {shapes['hidden']}, MLP {shapes['mlp']}, {tokens} tokens, "
           f"batch {args.batch}, rank {args.rank}, router {args.router_hidden}, {len(TEACHERS)} teacher + 3 general "
-          f"experts, fp32, {torch.get_num_threads()} threads, median of {args.repeats}")
-    print(f"max |kdkit - loop reference| on the routed output: {gap:.2e}")
-    print(f"{'variant':<20}{'ms':>10}")
+          f"experts, fp32, {torch.get_num_threads()} threads, {args.repeats} interleaved repeats, "
+          f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"mola_routed: HAWAII placement ({HAWAII_PLACEMENT}); mola_both: MoVE-KD's fc1+fc2 (grouped experts; "
+          f"mola_both_dense: every expert under a mask)")
+    print(f"max |kdkit - loop reference| on the fc1+fc2 routed output: {gap:.2e}")
+    print(f"{'variant':<20}{'median ms':>10}{'min ms':>10}{'max ms':>10}")
     for name, seconds in times.items():
-        print(f"{name:<20}{1000 * seconds:>10.1f}")
+        print(f"{name:<20}{1000 * statistics.median(seconds):>10.1f}{1000 * min(seconds):>10.1f}{1000 * max(seconds):>10.1f}")
+    def ratio(numerator: str, denominator: str) -> float:
+        """Median over repeats of the ratio within each repeat (the two ran back to back)."""
+        return round(statistics.median(a / b for a, b in zip(times[numerator], times[denominator], strict=True)), 4)
+
+    choice = "batched" if forced_batching(images.device) else "sequential"
+    speedup = ratio("forced_sequential", "forced_batched")
+    print(f"forced passes: the engine runs them {choice} on {images.device.type}; batched is {speedup:.2f}x "
+          f"as fast as sequential here")
     return {
-        "mola_infer_vs_plain": round(times["mola_routed"] / times["plain"], 4),
-        "loop_infer_vs_plain": round(times["loop_routed"] / times["plain"], 4),
-        "mola_train_vs_lora": round(times["mola_train"] / times["lora_train"], 4),
-        "forced_batched_speedup": round(times["forced_sequential"] / times["forced_batched"], 4),
+        "mola_infer_vs_plain": ratio("mola_routed", "plain"),
+        "mola_both_infer_vs_plain": ratio("mola_both_routed", "plain"),
+        "mola_both_dense_infer_vs_plain": ratio("mola_both_dense", "plain"),
+        "loop_infer_vs_plain": ratio("loop_routed", "plain"),
+        "mola_train_vs_lora": ratio("mola_train", "lora_train"),
+        "forced_batched_speedup": speedup,
+        "forced_engine_choice": choice,
     }
+
+
+def forced_passes(model: nn.Module, handle: object, images: Tensor, batched: bool) -> list[Tensor]:
+    """The N_t forced passes ``I_i^S``: one batch of ``N_t * B`` images, or one pass per teacher."""
+    if batched:
+        with handle.routing(handle.forced_index(images.shape[0])):
+            out = model(images.repeat(len(TEACHERS), 1, 1, 1)).last_hidden_state
+        return list(out.chunk(len(TEACHERS)))
+    outs = []
+    for name in TEACHERS:
+        with handle.routing(name):
+            outs.append(model(images).last_hidden_state)
+    return outs
 
 
 # -- parameters and FLOPs of a full CLIP-L/14-336 tower (meta tensors: nothing is computed) ------
@@ -239,6 +272,7 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=32)
     parser.add_argument("--router-hidden", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats (median is reported)")
+    parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: torch's)")
     parser.add_argument("--overhead", action="store_true", help="print the CLIP-L parameter/FLOP table and exit")
     args = parser.parse_args()
     if args.overhead:
@@ -251,7 +285,9 @@ def main() -> None:
                   f"| {r['flops'] / 1e9:.1f} | {r['flops'] / base['flops']:.4f} |")
         print(json.dumps({r["variant"]: round(r["flops"] / base["flops"], 4) for r in rows}))
         return
-    args.repeats = args.repeats or (3 if args.quick else 7)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.repeats = args.repeats or (3 if args.quick else 11)
     print(json.dumps(measure(args)))
 
 

@@ -100,6 +100,16 @@ class _Joined(contextlib.AbstractContextManager):
         return self.stack.__exit__(*exc)
 
 
+def forced_batching(device: torch.device) -> bool:
+    """Whether the ``N_t`` forced passes run as one batch on ``device`` (else one pass per teacher).
+
+    Batching saves kernel launches, which bound small passes on a GPU; on a CPU every pass
+    already runs near peak, and one ``N_t``-times larger batch measured slower than ``N_t``
+    passes (``python -m benchmarks.mola``). Both give the same features.
+    """
+    return device.type != "cpu"
+
+
 class Distiller(nn.Module):
     """Student (with adapters) + KD heads; teachers are held but never registered.
 
@@ -167,12 +177,19 @@ class Distiller(nn.Module):
         teacher_pass(self.source, self.chains, images, ids, step)
 
     def forced_pass(self, images: Tensor) -> dict[str, Tensor]:
-        """``(B, 3, H, W)`` -> ``{teacher: (B, m, D)}`` from one pass over ``N_t * B`` images."""
+        """``(B, 3, H, W)`` -> ``{teacher: (B, m, D)}``: one pass over ``N_t * B`` images, or one pass
+        per teacher where that is faster (:func:`forced_batching`)."""
         handles = list(self.capabilities.experts)
         if not handles:
             raise KdkitError("a loss reads step.student_forced (the student forced through each teacher's expert), "
                              "but no adapter has teacher experts; add a mola adapter or drop that loss")
         order = tuple(handles[0].teacher_names)
+        if not forced_batching(images.device):
+            features = {}
+            for k, name in enumerate(order):
+                with routing(handles, k):
+                    features[name] = self.plugin.encode(images)
+            return features
         batch = images.shape[0]
         index = torch.arange(len(order), device=images.device).repeat_interleave(batch)
         with routing(handles, index):

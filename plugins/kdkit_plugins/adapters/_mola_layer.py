@@ -1,8 +1,10 @@
-"""MoLA layers: stacked low-rank experts applied densely under a gate mask, and the block
-wrapper that routes each token once for all of its adapted Linears."""
+"""MoLA layers: stacked low-rank experts, applied to each token's chosen experts only (tokens
+grouped by expert) or densely under a gate mask, and the block wrapper that routes each token
+once for all of its adapted Linears."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -17,18 +19,41 @@ from kdkit_plugins.adapters._router import Router, gate, top1
 
 
 @dataclass
+class Grouping:
+    """The tokens of one block forward sorted by their chosen experts, shared by the block's Linears.
+
+    Tokens are sorted by their combination of choices (teacher expert, then general expert), so
+    every expert's tokens are contiguous runs of the sorted rows: one run per teacher expert,
+    one per (teacher, general) pair for the general experts.
+
+    Attributes:
+        order: ``(N,)`` token indices in sorted order.
+        segments: Per router group, ``(expert, first row, rows)`` runs of the sorted rows; each
+            group's runs cover every row once (``expert`` relative to the route's ``start``).
+        weights: Per router group, ``(N,)`` gate value of each sorted row's expert (scaling folded
+            in; carries the router gradient under ``gate: prob``).
+    """
+
+    order: Tensor
+    segments: list[list[tuple[int, int, int]]]
+    weights: list[Tensor]
+
+
+@dataclass
 class Route:
-    """What one block forward asks its experts to do (exactly one field is set).
+    """What one block forward asks its experts to do (exactly one of gates, grouping, expert, index is set).
 
     Attributes:
         gates: ``(N, e)`` per-token gates (scaling folded in) over experts ``start:stop``.
-        start: First expert the gates cover.
+        start: First expert the gates or the grouping cover.
+        grouping: Tokens grouped by their chosen expert (only the chosen experts run).
         expert: One expert for every token.
         index: ``(B,)`` one expert per sample.
     """
 
     gates: Tensor | None = None
     start: int = 0
+    grouping: Grouping | None = None
     expert: int | None = None
     index: Tensor | None = None
 
@@ -37,8 +62,10 @@ class LowRankExperts(nn.Module):
     """E rank-r experts ``(..., in) -> (..., out)`` stored stacked: ``lora_A`` ``(E, r, in)``,
     ``lora_B`` ``(E, r, out)`` (zero: an exact identity at init).
 
-    All experts a gate covers run as two GEMMs of width ``E * r``; the gate is a mask on the
-    ``(N, E, r)`` intermediate, so shapes are fixed and nothing waits on the host.
+    A grouped route runs each expert on its own tokens only (compute proportional to the chosen
+    experts; one host sync per block for the group sizes). A dense route runs all experts a gate
+    covers as two GEMMs of width ``E * r``, the gate a mask on the ``(N, E, r)`` intermediate:
+    shapes are fixed and nothing waits on the host.
     """
 
     def __init__(self, experts: int, rank: int, in_features: int, out_features: int, scaling: float,
@@ -61,6 +88,8 @@ class LowRankExperts(nn.Module):
         if route.index is not None:
             return self._per_sample(out, x, route.index)
         rows, outs = rearrange(x, "... i -> (...) i"), out.view(-1, out.shape[-1])  # view: writes reach out
+        if route.grouping is not None:
+            return self._grouped(out, outs, rows, route.grouping, route.start)
         if route.expert is not None:
             z = F.linear(rows, self.lora_A[route.expert].to(x.dtype))
             outs.addmm_(z.to(out.dtype), self.lora_B[route.expert].to(out.dtype), alpha=self.scaling)
@@ -73,6 +102,35 @@ class LowRankExperts(nn.Module):
         z = rearrange(F.linear(rows, rearrange(a, "e r i -> (e r) i").to(x.dtype)), "n (e r) -> n e r", e=gates.shape[-1])
         z = rearrange(z * gates.to(z.dtype).unsqueeze(-1), "n e r -> n (e r)")
         outs.addmm_(z.to(out.dtype), rearrange(b, "e r o -> (e r) o").to(out.dtype))
+        return out
+
+    def _grouped(self, out: Tensor, outs: Tensor, rows: Tensor, grouping: Grouping, start: int) -> Tensor:
+        """``outs`` ``(N, out)`` (a view of ``out``) plus each token's chosen experts on ``rows`` ``(N, in)``.
+
+        One gather of the rows in sorted order, two GEMMs per run, one scatter-add back:
+        ``2 r (in + out)`` multiply-adds per token and router group, as a single LoRA costs.
+        """
+        sorted_rows = rows.index_select(0, grouping.order)
+        track = torch.is_grad_enabled() and (
+            rows.requires_grad or self.lora_A.requires_grad or any(w.requires_grad for w in grouping.weights))
+        # without autograd every run writes or adds straight into one buffer (no per-run tensors, no cat)
+        delta = None if track else outs.new_empty(outs.shape)
+        total: Tensor | None = None
+        for g, (segments, weights) in enumerate(zip(grouping.segments, grouping.weights, strict=True)):
+            pieces = []
+            for expert, first, count in segments:
+                z = F.linear(sorted_rows[first : first + count], self.lora_A[start + expert].to(rows.dtype))
+                z = (z * weights[first : first + count].to(z.dtype).unsqueeze(-1)).to(out.dtype)
+                b = self.lora_B[start + expert].to(out.dtype)
+                if delta is None:
+                    pieces.append(torch.mm(z, b))
+                elif g == 0:  # the first group's runs cover every row: they initialise the buffer
+                    torch.mm(z, b, out=delta[first : first + count])
+                else:
+                    delta[first : first + count].addmm_(z, b)
+            if delta is None:
+                total = torch.cat(pieces) if total is None else total + torch.cat(pieces)
+        outs.index_add_(0, grouping.order, delta if delta is not None else total)
         return out
 
     def _per_sample(self, out: Tensor, x: Tensor, index: Tensor) -> Tensor:
@@ -120,16 +178,19 @@ class MolaBlock(nn.Module):
         router_hidden: Hidden width of each router.
         gate_mode: ``straight_through``, ``prob`` or ``soft``.
         scaling: alpha / rank, folded into the gates.
+        compute: ``grouped`` (only the chosen experts run, wherever that is exact) or ``dense``.
         state: Routing state shared by the injection.
         log: Router log shared by the injection.
     """
 
     def __init__(self, base_layer: nn.Module, name: str, dim: int, teacher_experts: int, general_experts: int,
-                 router_hidden: int, gate_mode: str, scaling: float, state: RoutingState, log: RouterLog) -> None:
+                 router_hidden: int, gate_mode: str, scaling: float, state: RoutingState, log: RouterLog,
+                 compute: str = "grouped") -> None:
         super().__init__()
         device = next(base_layer.parameters()).device
         self.base_layer = base_layer
         self.name, self.n_teacher, self.gate_mode, self.scaling = name, teacher_experts, gate_mode, scaling
+        self.compute = compute
         self.router_teacher = Router(dim, router_hidden, teacher_experts, device) if teacher_experts else None
         self.router_general = Router(dim, router_hidden, general_experts, device) if general_experts else None
         self.experts: LowRankExperts | None = None  # set for the parallel placement
@@ -160,20 +221,34 @@ class MolaBlock(nn.Module):
         routers: Sequence[tuple[str, Router | None]] = [("general", self.router_general)]
         if routing.mode == "routed":
             routers = [("teacher", self.router_teacher), ("general", self.router_general)]
-        gates, outputs = [], {}
+        gates, choices, outputs = [], [], {}
         for group, router in routers:
             if router is None:
                 continue
             probs = router(tokens)
             choice, onehot = top1(probs)
             gates.append(gate(probs, onehot, self.gate_mode) * self.scaling)
+            choices.append(choice)
             outputs[group] = (probs, choice)
         # a recomputation under activation checkpointing logs nothing: the log keeps the routed pass's
         # outputs, and no second autograd graph outlives the step
         if not self.state.replaying:
             self.log.record(self.name, outputs)
         start = 0 if routing.mode == "routed" and self.router_teacher is not None else self.n_teacher
+        if self._grouped(gates):
+            return Route(grouping=group_tokens(gates, choices), start=start)
         return Route(gates=torch.cat(gates, -1) if len(gates) > 1 else gates[0], start=start)
+
+    def _grouped(self, gates: Sequence[Tensor]) -> bool:
+        """Whether running only the chosen experts gives this forward's exact values and gradients.
+
+        ``soft`` mixes every expert. ``straight_through`` differentiates the loss with respect to
+        every expert's gate, which needs every expert's output: exact only while no gradient
+        reaches the routers (inference, frozen routers). ``prob`` gates are zero off the choice.
+        """
+        if self.compute != "grouped" or self.gate_mode == "soft":
+            return False
+        return self.gate_mode == "prob" or not any(g.requires_grad for g in gates)
 
     def parameter_groups(self) -> dict[str, dict[str, nn.Parameter]]:
         """``{"adapters": LoRA A/B by local name, "routers": router weights by local name}``."""
@@ -184,3 +259,32 @@ class MolaBlock(nn.Module):
             elif name.rsplit(".", 1)[-1] in ("lora_A", "lora_B"):
                 groups["adapters"][name] = param
         return groups
+
+
+def group_tokens(gates: Sequence[Tensor], choices: Sequence[Tensor]) -> Grouping:
+    """Per router group ``(N, E_g)`` gates and ``(N,)`` top-1 choices -> tokens sorted by their choices.
+
+    One stable sort of the mixed-radix key ``(choice_1, choice_2, ...)``; the run lengths come
+    from one ``bincount`` of the key, the block's one host sync.
+    """
+    sizes = [g.shape[-1] for g in gates]
+    key = torch.zeros_like(choices[0])
+    for size, choice in zip(sizes, choices, strict=True):
+        key = key * size + choice
+    order = torch.argsort(key, stable=True)
+    combos = torch.bincount(key, minlength=math.prod(sizes)).tolist()
+    segments: list[list[tuple[int, int, int]]] = []
+    offset = 0
+    for g, size in enumerate(sizes):
+        # the key's leading groups (up to g) fix this group's expert: combos come in runs of `inner`
+        inner = math.prod(sizes[g + 1 :])
+        runs, first = [], 0
+        for combo in range(0, len(combos), inner):
+            count = sum(combos[combo : combo + inner])
+            if count:
+                runs.append((offset + (combo // inner) % size, first, count))
+            first += count
+        segments.append(runs)
+        offset += size
+    weights = [g.gather(-1, c.unsqueeze(-1)).squeeze(-1).index_select(0, order) for g, c in zip(gates, choices, strict=True)]
+    return Grouping(order=order, segments=segments, weights=weights)

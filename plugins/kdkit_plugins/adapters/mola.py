@@ -43,8 +43,16 @@ class MolaConfig(PluginConfig):
     )
     placement: Literal["fc1", "fc2", "both", "parallel"] = Field(
         "both",
-        description="Where the experts go: on fc1, on fc2, on both (one routing decision serves both), "
-        "or one parallel adapter from the block's input to its output.",
+        description="Where the experts go: on fc1, on fc2, on both (MoVE-KD's form; one routing decision "
+        "serves both), or parallel: one low-rank adapter from the block's input to its output, beside "
+        "the whole FFN (HAWAII's F*(h) = F(h) + a_i^T(h) + a_j^G(h), the HAWAII recipes' choice).",
+    )
+    compute: Literal["grouped", "dense"] = Field(
+        "grouped",
+        description="grouped: each token runs only its chosen experts (tokens grouped by expert; one host "
+        "sync per block), wherever that is exact: always for gate prob, and for straight_through while no "
+        "gradient reaches the routers (inference); otherwise dense. dense: every expert on every token "
+        "under a gate mask (fixed shapes, no sync: torch.compile and CUDA graphs).",
     )
     rank: int = Field(32, gt=0, description="Rank r of every LoRA expert.")
     alpha: float | None = Field(None, gt=0, description="Experts are scaled by alpha / rank. Defaults to rank (scaling 1).")
@@ -113,7 +121,7 @@ def build(config: MolaConfig, context: BuildContext) -> AdapterHandle:
     modules: dict[str, nn.Module] = {}
     for name, block, adapted, first, second in plan:
         wrapper = MolaBlock(block, name, first.in_features, len(teachers), config.general_experts,
-                            config.router_hidden, config.gate, scaling, state, log)
+                            config.router_hidden, config.gate, scaling, state, log, config.compute)
         for child in adapted:
             linear = block.get_submodule(child)
             replace_module(block, child, MolaLinear(linear, wrapper, experts, config.rank, scaling, config.dropout))

@@ -91,6 +91,79 @@ def test_routed_block_equals_per_token_reference(tmp_path, placement, gate) -> N
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
 
 
+def twin_handles(tmp_path, **options):
+    """Two injections with identical weights: ``compute: grouped`` and ``compute: dense``."""
+    handles = []
+    for compute in ("grouped", "dense"):
+        torch.manual_seed(0)
+        tower = timm_vit(tmp_path)
+        handle = inject(tower, compute=compute, **options)
+        randomize_adapters(handle)
+        handles.append((tower, handle))
+    return handles
+
+
+@pytest.mark.parametrize("placement", ["both", "parallel"])
+@pytest.mark.parametrize("spec", ["routed", "general_only"])
+def test_grouped_inference_equals_dense(tmp_path, images, placement, spec) -> None:
+    (grouped, g_handle), (dense, d_handle) = twin_handles(tmp_path, placement=placement)
+    with torch.no_grad(), g_handle.routing(spec), d_handle.routing(spec):
+        out, expected = grouped(images), dense(images)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+    with torch.no_grad(), d_handle.routing("off"):
+        assert not torch.allclose(dense(images), expected)  # the experts contribute
+
+
+@pytest.mark.parametrize("placement", ["both", "parallel"])
+def test_grouped_prob_gate_trains_exactly_like_dense(tmp_path, images, placement) -> None:
+    """Under gate: prob only the chosen experts have a gradient: grouped gives dense's values and gradients."""
+    twins = twin_handles(tmp_path, placement=placement, gate="prob")
+    outs, grads = [], []
+    for tower, handle in twins:
+        out = tower(images)
+        out.square().mean().backward()
+        outs.append(out)
+        grads.append({n: p.grad for g in handle.parameter_groups().values() for n, p in g.items()})
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-6)
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}: {m}")
+
+
+def test_grouped_inference_runs_only_the_chosen_experts(tmp_path, images) -> None:
+    """FLOPs of a routed forward: base + routers + one teacher and one general expert per token."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def addmm_(_out, a, b, *args, **kwargs) -> int:  # in place: the counter does not know it
+        return 2 * a[0] * a[1] * b[1]
+
+    def flops(tower, spec) -> int:
+        counter = FlopCounterMode(display=False, custom_mapping={torch.ops.aten.addmm_: addmm_})
+        with torch.no_grad(), handle.routing(spec), counter:
+            tower(images)
+        return counter.get_total_flops()
+
+    tower = timm_vit(tmp_path)
+    handle = inject(tower, placement="fc1")
+    randomize_adapters(handle)
+    tokens, dim, hidden, rank, mlp = 2 * 5, 16, 8, 4, 32
+    routers = sum(2 * tokens * (dim * hidden + hidden * e) for e in (len(TEACHERS), 3))
+    one_expert = 2 * tokens * rank * (dim + mlp)
+    # 2 blocks; the dense layout would add 6 experts' worth per block instead of 2
+    assert flops(tower, "routed") - flops(tower, "off") == 2 * (routers + 2 * one_expert)
+
+
+def test_straight_through_training_stays_dense(tmp_path, images) -> None:
+    """The straight-through gradient of an expert's gate needs that expert's output, chosen or not."""
+    twins = twin_handles(tmp_path)
+    grads = []
+    for tower, handle in twins:
+        tower(images).square().mean().backward()
+        grads.append({n: p.grad for g in handle.parameter_groups().values() for n, p in g.items()})
+    for name, grad in grads[0].items():
+        assert torch.equal(grad, grads[1][name]), name  # the same kernels ran: the dense ones
+
+
 def test_general_only_uses_only_the_general_router(tmp_path) -> None:
     tower = timm_vit(tmp_path)
     handle = inject(tower)

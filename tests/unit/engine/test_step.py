@@ -42,14 +42,19 @@ def test_step_returns_named_unweighted_terms(distiller, batch) -> None:
     assert total == pytest.approx(value["task"] + 0.5 * value["fine"] + 0.5 * value["coarse"] + 0.05 * value["balance"])
 
 
-def test_one_batched_forced_pass_equals_each_teacher_forced_alone(distiller, batch, monkeypatch) -> None:
+@pytest.mark.parametrize(("batched", "passes"), [(True, [6]), (False, [3, 3])])
+def test_forced_passes_equal_each_teacher_forced_alone(distiller, batch, monkeypatch, batched, passes) -> None:
+    """Batched: once over N_t x B images; sequential (the choice on CPU): once per teacher."""
+    import kdkit.engine.step as step_module
+
+    monkeypatch.setattr(step_module, "forced_batching", lambda device: batched)
     calls = []
     encode = distiller.plugin.encode
     monkeypatch.setattr(distiller.plugin, "encode", lambda images: calls.append(images.shape[0]) or encode(images))
     _, step = distiller(batch)
     forced = dict(step.student_forced)
     forced_again = dict(step.student_forced)
-    assert calls == [6]  # once, N_t x B images
+    assert calls == passes
     handle = distiller.adapters["mola"]
     for teacher in ("clip", "eva02"):
         with handle.routing(teacher):
