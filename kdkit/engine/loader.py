@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from kdkit.engine.capabilities import data_capabilities
 from kdkit.engine.distributed import World
@@ -72,17 +72,38 @@ def batch_stream(dataset: Dataset, stage: Stage, plan: Plan, world: World, seed:
     per_device = stage.batch.per_device
     capabilities = data_capabilities(dataset)
     group_order = capabilities.group_order
+    current = EpochIndices()
+    # one loader for every epoch, so its workers persist (no process start per epoch); batches go to
+    # pinned memory when they are bound for a GPU, so to_device's non-blocking copies overlap compute
+    loader = DataLoader(dataset, batch_size=per_device, sampler=current, drop_last=True, num_workers=num_workers,
+                        collate_fn=capabilities.collate, **loader_options(world.device, num_workers),
+                        generator=torch.Generator())  # its own generator: never draws from the global RNG
     while True:
         sampler.set_epoch(epoch)
         order = list(sampler)
         if group_order is not None:
             order = list(group_order(order, per_device, seed * 1_000_003 + epoch))
-        indices = order[offset * per_device: plan.batches_per_epoch * per_device]
-        loader = DataLoader(dataset, batch_size=per_device, sampler=indices, drop_last=True, num_workers=num_workers,
-                            collate_fn=capabilities.collate,
-                            generator=torch.Generator())  # its own generator: never draws from the global RNG
+        current.indices = order[offset * per_device: plan.batches_per_epoch * per_device]
         yield from loader
         epoch, offset = epoch + 1, 0
+
+
+class EpochIndices(Sampler[int]):
+    """The sample indices of the current epoch, replaced before each pass of one long-lived loader."""
+
+    def __init__(self) -> None:
+        self.indices: list[int] = []
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def loader_options(device: torch.device, num_workers: int) -> dict[str, Any]:
+    """DataLoader settings for ``device``: pinned batches for CUDA, persistent workers when there are any."""
+    return {"pin_memory": device.type == "cuda", "persistent_workers": num_workers > 0}
 
 
 def to_device(batch: Any, device: torch.device) -> Any:

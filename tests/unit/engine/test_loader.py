@@ -64,3 +64,34 @@ def test_synthetic_samples_depend_only_on_seed_and_index() -> None:
     assert torch.equal(a[5]["images"], b[5]["images"]) and not torch.equal(a[5]["images"], a[6]["images"])
     assert sorted(int(a[i]["labels"]) for i in range(8)) == [0, 0, 1, 1, 2, 2, 3, 3]
     assert a[0]["images"].min() >= 0 and a[0]["images"].max() <= 1
+
+
+class PidImages(torch.utils.data.Dataset):
+    """Samples that say which process read them."""
+
+    def __len__(self) -> int:
+        return 6
+
+    def __getitem__(self, index: int) -> dict[str, int]:
+        import os
+
+        return {"ids": index, "pid": os.getpid()}
+
+
+def test_workers_persist_across_epochs_and_the_stream_is_unchanged() -> None:
+    import os
+
+    s = stage(2, 2)
+    plan = plan_stage("s", s, 6, World())
+    batches = [next(stream) for stream in [batch_stream(PidImages(), s, plan, World(), 0, 0, 1)] for _ in range(9)]
+    pids = {int(p) for b in batches for p in b["pid"]}
+    assert len(pids) == 1 and os.getpid() not in pids  # 3 epochs, one worker process
+    in_process = ids(batch_stream(PidImages(), s, plan, World(), 0, 0, 0), 9)
+    assert [b["ids"].tolist() for b in batches] == in_process
+
+
+def test_loader_pins_memory_only_for_cuda() -> None:
+    from kdkit.engine.loader import loader_options
+
+    assert loader_options(torch.device("cuda", 0), 2) == {"pin_memory": True, "persistent_workers": True}
+    assert loader_options(torch.device("cpu"), 0) == {"pin_memory": False, "persistent_workers": False}
