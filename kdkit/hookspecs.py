@@ -56,6 +56,11 @@ def kdkit_benchmarks() -> dict[str, Factory]:
     """Evaluation suites: questions + official scoring (generative), or model measurements."""
 
 
+@hookspec
+def kdkit_loggers() -> dict[str, Factory]:
+    """Run loggers: where training and evaluation records go (JSONL, TensorBoard, W&B, MLflow...)."""
+
+
 #: Plugin kind -> hook name. The single source of the list of kinds.
 HOOKS: dict[str, str] = {
     "teacher": "kdkit_teachers",
@@ -66,4 +71,5 @@ HOOKS: dict[str, str] = {
     "student": "kdkit_students",
     "data": "kdkit_data",
     "benchmark": "kdkit_benchmarks",
+    "logger": "kdkit_loggers",
 }

@@ -51,6 +51,7 @@ def recipe_model(registry: Registry) -> type[BaseModel]:
         losses=(dict[schema.Key, _union(registry, "loss", {"weight": weight_field})], Field(description=fields["losses"].description)),
         stages=(dict[schema.Key, stage], Field(description=fields["stages"].description)),
         eval=(evaluation | None, Field(None, description=fields["eval"].description)),
+        loggers=(dict[schema.Key, _union(registry, "logger")] | None, Field(None, description=fields["loggers"].description)),
     )
 
 
@@ -114,6 +115,7 @@ KIND_TITLES = {
     "loss": "Losses (`losses.<name>`)",
     "data": "Data (`stages.<name>.data`)",
     "benchmark": "Benchmarks (`eval.benchmark`, `kdkit eval --benchmark`)",
+    "logger": "Loggers (`loggers.<name>`)",
 }
 
 

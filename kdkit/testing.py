@@ -126,10 +126,27 @@ def _probe(kind: str, name: str, built: Any, example: Example) -> Any:
         return features
     if kind == "benchmark":
         return _probe_benchmark(name, built, example.inputs)
+    if kind == "logger":
+        return _probe_logger(name, built, example)
     if kind == "data":
         if len(built) == 0:
             raise _fail(kind, name, "built an empty dataset from its example")
         return built[0]
+    return None
+
+
+def _probe_logger(name: str, built: Any, example: Example) -> None:
+    """A logger takes a run's start, a training record, an evaluation record and its close."""
+    from kdkit.loggers import RunLogger
+
+    if not isinstance(built, RunLogger):
+        raise _fail("logger", name, "does not implement start, log, log_eval and close (kdkit.loggers.RunLogger)")
+    run_dir = example.context.data_root
+    built.start(run_dir, {"name": "probe", "stages": {"main": {"optimizer": {"lr": 0.1}}}}, False)
+    built.log({"step": 1, "stage": "main", "stage_step": 1, "lr": 0.1, "loss": 2.0, "losses": {"task": 2.0},
+               "grad_norm": 1.0, "samples_per_s": 8.0, "routing": {"teacher": {"blocks.0": [0.25, 0.75]}}})
+    built.log_eval({"step": 1, "stage": "main", "stage_step": 1, "benchmark": "probe", "eval": {"accuracy": 50.0}})
+    built.close()
     return None
 
 

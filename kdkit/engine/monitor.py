@@ -1,8 +1,10 @@
-"""What a user sees during a run: a progress bar, ``metrics.jsonl`` and TensorBoard events.
+"""What a user sees during a run: a progress bar, and the records the run loggers receive
+(``metrics.jsonl`` always, TensorBoard by default, others named in the recipe's ``loggers``).
 
-Only rank 0 writes. Each JSONL record is one logged optimizer step: the per-term UNWEIGHTED
-losses, the weighted total, learning rate, gradient norm, throughput, timings and expert usage;
-or, with an ``eval`` block in the recipe, one evaluation (its metrics under ``eval``).
+Only rank 0 writes. Each record is one logged optimizer step: the per-term UNWEIGHTED losses, the
+weighted total, learning rate, gradient norm, throughput, timings, wall time since the process
+started, peak memory and expert usage; or, with an ``eval`` block in the recipe, one evaluation
+(its metrics under ``eval``).
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -92,28 +96,27 @@ def read_evaluations(run_dir: Path) -> list[dict[str, Any]]:
 
 
 class Monitor:
-    """Progress bar + JSONL + TensorBoard for one run (inactive off rank 0).
+    """Progress bar + run loggers for one run (inactive off rank 0).
 
     Args:
         run_dir: The run directory.
         main: Whether this process writes (rank 0).
-        tensorboard: Whether to write TensorBoard events under ``run_dir/tensorboard``.
         progress: Whether to show a progress bar.
+        loggers: The run loggers by name (built on rank 0 only; see :mod:`kdkit.loggers`).
+        hyperparameters: The resolved recipe, given to every logger when the run starts.
+        resumed: Whether the run continues from a checkpoint.
     """
 
-    def __init__(self, run_dir: Path, main: bool, tensorboard: bool = True, progress: bool = True) -> None:
+    def __init__(self, run_dir: Path, main: bool, progress: bool = True, loggers: Mapping[str, Any] | None = None,
+                 hyperparameters: Mapping[str, Any] | None = None, resumed: bool = False) -> None:
         self.run_dir = run_dir
         self.main = main
         self.progress = progress and main
         self.bar: Any = None
-        self.writer: Any = None
-        if main and tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:  # tensorboard is optional at run time: JSONL still has everything
-                console("tensorboard is not installed; logging to metrics.jsonl only")
-            else:
-                self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+        self.started = time.monotonic()
+        self.loggers = dict(loggers or {}) if main else {}
+        for logger in self.loggers.values():
+            logger.start(run_dir, dict(hyperparameters or {}), resumed)
 
     def stage_start(self, stage: str, total: int, start: int) -> None:
         """Open a progress bar for ``stage`` at ``start`` of ``total`` steps."""
@@ -133,33 +136,19 @@ class Monitor:
         self.bar.update(1)
 
     def log(self, record: dict[str, Any]) -> None:
-        """Append one record to ``metrics.jsonl`` and mirror its numbers to TensorBoard."""
+        """Add wall time and peak memory to one training record and hand it to every logger."""
         if not self.main:
             return
-        append_record(self.run_dir, record)
-        if self.writer is None:
-            return
-        step = record["step"]
-        for key, value in record.items():
-            if isinstance(value, (int, float)) and key != "step":
-                self.writer.add_scalar(key, value, step)
-        for name, value in record.get("losses", {}).items():
-            self.writer.add_scalar(f"loss/{name}", value, step)
-        for group, blocks in record.get("routing", {}).items():
-            for block, fractions in blocks.items():
-                for expert, fraction in enumerate(fractions):
-                    self.writer.add_scalar(f"routing/{group}/{block}/expert{expert}", fraction, step)
+        record = {**record, "wall_time_s": time.monotonic() - self.started, "peak_memory_mb": peak_memory_mb()}
+        for logger in self.loggers.values():
+            logger.log(record)
 
     def log_eval(self, record: dict[str, Any]) -> None:
-        """Append one evaluation record to ``metrics.jsonl``; its metrics go to TensorBoard as ``eval/<metric>``."""
+        """Hand one evaluation record to every logger (TensorBoard shows it as ``eval/<metric>``)."""
         if not self.main:
             return
-        append_record(self.run_dir, record)
-        if self.writer is None:
-            return
-        for name, value in record["eval"].items():
-            self.writer.add_scalar(f"eval/{name}", value, record["step"])
-        self.writer.flush()
+        for logger in self.loggers.values():
+            logger.log_eval(record)
 
     def close_bar(self) -> None:
         """Close the current progress bar."""
@@ -168,8 +157,21 @@ class Monitor:
             self.bar = None
 
     def close(self) -> None:
-        """Close the bar and flush TensorBoard."""
+        """Close the bar and every logger."""
         self.close_bar()
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
+        loggers, self.loggers = self.loggers, {}
+        for logger in loggers.values():
+            logger.close()
+
+
+def peak_memory_mb() -> float:
+    """Peak memory of this process so far in MiB: CUDA memory allocated by torch when CUDA is in use,
+    else the host's peak resident set size."""
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return torch.cuda.max_memory_allocated() / 2**20
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10

@@ -23,6 +23,7 @@ from kdkit.engine.checkpoint import (Checkpoint, check_model_state, latest_check
                                      recipe_differences)
 from kdkit.engine.distributed import World, close_world, init_world
 from kdkit.engine.monitor import Monitor, console, truncate_metrics
+from kdkit.loggers import build_loggers
 from kdkit.engine.trainer import Trainer
 from kdkit.engine.validation import prepare_validation
 from kdkit.errors import CheckpointError, KdkitError, StorageError, storage_error
@@ -128,7 +129,7 @@ def run_recipe(recipe_path: str | Path, overrides: Iterable[str] = (), resume: b
         overrides: ``key=value`` overrides.
         resume: Continue from the run directory's latest checkpoint.
         registry: Plugins to build from (default: every installed plugin).
-        tensorboard: Write TensorBoard events.
+        tensorboard: Use the default TensorBoard logger when the recipe names no ``loggers``.
         progress: Show a progress bar.
         report: Write the end-of-run report.
     """
@@ -162,7 +163,9 @@ def run_recipe(recipe_path: str | Path, overrides: Iterable[str] = (), resume: b
             live = {k: tuple(v.shape) for k, v in distiller.state_dict().items()}
             check_model_state(checkpoint.path, checkpoint.shapes, live, checkpoint.state.get("trained", []))
             console(f"resuming from {checkpoint.path} (global step {checkpoint.state['global_step']})", world.main)
-        monitor = Monitor(run_dir, world.main, tensorboard=tensorboard, progress=progress)
+        loggers = build_loggers(recipe, registry, run_dir, tensorboard) if world.main else {}
+        monitor = Monitor(run_dir, world.main, progress=progress, loggers=loggers, hyperparameters=recipe_data,
+                          resumed=checkpoint is not None)
         Trainer(recipe, distiller, registry, world, run_dir, monitor, recipe_data, validation).fit(checkpoint)
         if world.main and report:
             from kdkit.engine.report import write_report

@@ -43,6 +43,8 @@ def recipe_dict(recipe: Recipe) -> dict[str, Any]:
         node.update(resolved)
     if data.get("eval") is None:  # no section rather than `eval: null`: recipes of earlier runs stay identical
         data.pop("eval", None)
+    if data.get("loggers") is None:  # likewise
+        data.pop("loggers", None)
     return data
 
 

@@ -182,6 +182,10 @@ class Recipe(Strict):
         None, description="Validation during training and best-checkpoint selection (null: none)."
     )
     runtime: Runtime = Field(default_factory=Runtime, description="Execution settings.")
+    loggers: dict[Key, Block] | None = Field(
+        None, description="Run loggers by name, on top of metrics.jsonl (always written), e.g. "
+        "`{tb: {kind: tensorboard}, wandb: {kind: wandb, project: my-kd}}`. null: TensorBoard only."
+    )
 
     def blocks(self) -> list[tuple[str, str, Block]]:
         """Every plugin block as ``(plugin kind, path, block)``, in recipe order."""
@@ -196,4 +200,5 @@ class Recipe(Strict):
         found += [("data", f"stages.{n}.data", s.data) for n, s in self.stages.items()]
         if self.eval is not None:
             found.append(("benchmark", "eval.benchmark", self.eval.benchmark))
+        found += [("logger", f"loggers.{n}", b) for n, b in (self.loggers or {}).items()]
         return found

@@ -19,7 +19,7 @@ from kdkit.registry import Registry
 #: Envelope model of each plugin kind's blocks (its non-``kind`` fields are not the plugin's).
 BLOCK_TYPES: dict[str, type[Block]] = {
     "student": Block, "teacher": TeacherBlock, "aligner": Block, "scorer": Block,
-    "adapter": Block, "loss": LossBlock, "data": Block, "benchmark": Block,
+    "adapter": Block, "loss": LossBlock, "data": Block, "benchmark": Block, "logger": Block,
 }
 
 
@@ -144,6 +144,8 @@ def raw_blocks(data: Mapping[str, Any]) -> list[tuple[str, str, dict[str, Any]]]
     for name, stage in mapping(data.get("stages")).items():
         add("data", f"stages.{name}.data", mapping(stage).get("data"))
     add("benchmark", "eval.benchmark", mapping(data.get("eval")).get("benchmark"))
+    for name, logger in mapping(data.get("loggers")).items():
+        add("logger", f"loggers.{name}", logger)
     return found
 
 

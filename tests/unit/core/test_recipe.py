@@ -47,7 +47,7 @@ def test_every_problem_reported_at_once_with_paths(tmp_path, fake_registry) -> N
         "stages.pretrain.optimizer.lr: Input should be a valid number, unable to parse string as a number",
         "stages.pretrain.batch: Value error, global_size 7 is not a multiple of per_device 4",
         "runtme: unknown key (known: name, description, student, teachers, scorer, adapters, losses, stages, eval, "
-        "runtime); did you mean 'runtime'?",
+        "runtime, loggers); did you mean 'runtime'?",
     ]
     assert str(info.value).startswith(f"invalid recipe {tmp_path / 'r.yaml'} (6 problems):")
 

@@ -1,0 +1,1 @@
+"""Built-in run loggers: JSONL (always on), TensorBoard, Weights & Biases and MLflow."""
