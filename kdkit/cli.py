@@ -211,6 +211,26 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return run_eval(args)
 
 
+def cmd_probe(args: argparse.Namespace) -> int:
+    """Rank a recipe's teachers by what a linear probe reads from their features beyond the student's, with costs."""
+    import yaml
+
+    from kdkit.probe import probe_recipe, table
+
+    overrides = list(args.set)
+    if args.data_root:
+        overrides.append(f"runtime.data_root={args.data_root}")
+    data = yaml.safe_load(args.data) if args.data else None
+    if data is not None and not isinstance(data, dict):
+        raise KdkitError(f"--data must be a data block such as '{{kind: digits, split: train}}', got {args.data!r}")
+    rows = probe_recipe(args.recipe, args.stage, overrides, data, args.label_key, args.limit, args.held_fraction, args.seed)
+    if args.json:
+        print(json.dumps({"rows": [r.__dict__ for r in rows], "budget_gflops": args.budget_gflops}, indent=2))
+    else:
+        print("\n".join(table(rows, args.budget_gflops)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``kdkit`` command."""
     parser = argparse.ArgumentParser(prog="kdkit", description="Composable multi-teacher knowledge distillation.")
@@ -296,6 +316,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", help="directory relative paths resolve against (overrides runtime.data_root)")
     p.set_defaults(func=cmd_cache)
 
+    p = sub.add_parser("probe", parents=[overrides], help="rank a recipe's teachers by linear-probe gain over the student",
+                       description=cmd_probe.__doc__)
+    p.add_argument("recipe", type=Path, metavar="RECIPE", help="recipe file, or a shipped recipe's name")
+    p.add_argument("--stage", help="stage whose data is probed (default: the first)")
+    p.add_argument("--data", help="labelled data block to probe on instead, e.g. '{kind: digits, split: train}'")
+    p.add_argument("--label-key", default="labels", help="batch key with one class per image (default labels)")
+    p.add_argument("--limit", type=int, default=1000, help="samples read (default 1000)")
+    p.add_argument("--held-fraction", type=float, default=0.3, help="fraction of each class scored on (default 0.3)")
+    p.add_argument("--budget-gflops", type=float, help="teacher GFLOPs per image the recommended set may spend")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split and the probe (default 0)")
+    p.add_argument("--data-root", help="directory relative paths resolve against (overrides runtime.data_root)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_probe)
+
     p = sub.add_parser("generate", help="answer a question about an image", description=cmd_generate.__doc__)
     p.add_argument("export_dir", type=Path, metavar="OUT_DIR")
     p.add_argument("--image", type=Path, required=True, help="image file")
@@ -304,6 +338,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.set_defaults(func=cmd_generate)
     return parser
+
+
+def _close_progress_bars() -> None:
+    """End any progress bar a failed command left open, so its error starts on a line of its own."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", None) or ()):
+        bar.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -323,6 +364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KdkitError as exc:
         if args.traceback:
             raise
+        _close_progress_bars()
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except BrokenPipeError:  # `kdkit schema | head`: the reader has what it wanted
@@ -334,6 +376,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         from kdkit.errors import storage_error
 
+        _close_progress_bars()
         print(f"error: {storage_error('use', exc.filename, exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
