@@ -91,12 +91,14 @@ def pooled_features(encode: Callable[[Tensor], Tensor], images: Tensor, batch_si
 
 @torch.no_grad()
 def cost_per_image(encode: Callable[[Tensor], Tensor], images: Tensor, repeats: int = 3) -> tuple[float, float]:
-    """GFLOPs of one image's forward and the median milliseconds per image over ``repeats`` timed batches."""
+    """GFLOPs of one image's forward and the median milliseconds per image over ``repeats`` timed batches
+    (after one untimed warm-up batch)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
     with counter:
         encode(images[:1])
+    encode(images)  # warm-up: first-call allocations are not the model's cost
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
