@@ -69,7 +69,13 @@ def _type_name(annotation: Any) -> str:
     text = re.sub(r"\b(typing|kdkit(\.\w+)*)\.", "", text)
     text = re.sub(r"Literal\[(.*?)\]", lambda m: m.group(1).replace(", ", " | "), text)
     text = text.replace("NoneType", "None")
-    return f"`{text}`".replace("|", "\\|")
+    return f"`{text}`"  # a pipe inside a code span does not end the table cell
+
+
+def _cell(text: str) -> str:
+    """``text`` for a table cell: pipes escaped outside code spans only (inside one the backslash would show)."""
+    parts = text.replace("\n", " ").split("`")
+    return "`".join(part if i % 2 else part.replace("|", "\\|") for i, part in enumerate(parts))
 
 
 def _default(field: Any) -> str:
@@ -88,7 +94,7 @@ def _field_table(model: type[BaseModel], skip: tuple[str, ...] = ()) -> list[str
     for name, field in model.model_fields.items():
         if name in skip:
             continue
-        description = (field.description or "").replace("|", "\\|").replace("\n", " ")
+        description = _cell(field.description or "")
         rows.append(f"| `{name}` | {_type_name(field.annotation)} | {_default(field)} | {description} |")
     return rows
 

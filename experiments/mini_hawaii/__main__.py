@@ -18,6 +18,7 @@ from kdkit.errors import KdkitError
 
 from experiments.mini_hawaii.pipeline import (PROFILES, experts_phase, prepare_output, remember, runs_phase,
                                               world_phase)
+from experiments.mini_hawaii.progress import Progress
 
 MAX_SEEDS = 10
 MAX_JOBS = 8
@@ -70,21 +71,22 @@ def main(argv: list[str] | None = None) -> Path:
     output = args.output_dir
     prepare_output(output, profile)
     data_root, runs_dir = (output / "data").resolve(), (output / "runs").resolve()
-    print(f"mini-HAWAII ({profile.name}): output in {output}", file=sys.stderr)
+    progress = Progress()
+    progress.line(f"mini-HAWAII ({profile.name}): output in {output}; phases: world, experts, student runs, report")
     files, world = world_phase(data_root, profile)
+    progress.line(f"world: {'reused' if world.reused else 'written'} in {world.seconds:.1f} s")
     world = remember(output, world, 1)
-    print(f"  world: {world.seconds:.1f} s", file=sys.stderr)
-    experts, expert_phase = experts_phase(data_root, profile, args.jobs)
+    experts, expert_phase = experts_phase(data_root, profile, args.jobs, progress)
+    progress.phase_done(expert_phase.seconds)
     expert_phase = remember(output, expert_phase, len(experts))
-    print(f"  experts: {expert_phase.seconds:.1f} s", file=sys.stderr)
-    summaries, runs = runs_phase(data_root, runs_dir, profile, args.jobs)
+    summaries, runs = runs_phase(data_root, runs_dir, profile, args.jobs, progress)
+    progress.phase_done(runs.seconds)
     runs = remember(output, runs, len(summaries))
-    print(f"  student runs: {runs.seconds:.1f} s", file=sys.stderr)
     started = time.perf_counter()
     from experiments.mini_hawaii.report import write_report
 
     report = write_report(output, profile, files, experts, summaries, [world, expert_phase, runs])
-    print(f"  report: {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    progress.line(f"report: written ({time.perf_counter() - started:.1f} s)")
     return report
 
 

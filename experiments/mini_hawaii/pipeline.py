@@ -12,13 +12,14 @@ import multiprocessing
 import resource
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from kdkit.errors import KdkitError
 
+from experiments.mini_hawaii.progress import Progress
 from experiments.mini_hawaii.variants import VARIANTS, Job, cpu_seconds, run_job
 from experiments.mini_hawaii.world import WorldFiles, vocabulary_words, write_world
 
@@ -157,16 +158,22 @@ def teacher_blocks() -> dict[str, dict[str, Any]]:
     return {name: {k: v for k, v in block.items() if k != "align"} for name, block in teachers.items()}
 
 
-def _run_all(tasks: Iterable[tuple[Callable[..., dict[str, Any]], tuple[Any, ...]]], jobs: int) -> list[dict[str, Any]]:
+def _run_all(tasks: Iterable[tuple[Callable[..., dict[str, Any]], tuple[Any, ...]]], jobs: int,
+             on_done: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+    """Run the tasks in worker processes; ``on_done`` sees each result as it finishes; results in task order."""
     tasks = list(tasks)
     if not tasks:
         return []
     with _pool(jobs) as pool:
         futures = [pool.submit(fn, *args) for fn, args in tasks]
+        for future in as_completed(futures):
+            if on_done is not None:
+                on_done(future.result())
         return [f.result() for f in futures]
 
 
-def experts_phase(data_root: Path, profile: Profile, jobs: int) -> tuple[list[dict[str, Any]], Phase]:
+def experts_phase(data_root: Path, profile: Profile, jobs: int,
+                  progress: Progress | None = None) -> tuple[list[dict[str, Any]], Phase]:
     """Train the experts not trained yet (in parallel); returns every expert's record."""
     from experiments.mini_hawaii.experts import checkpoint_dir
 
@@ -176,7 +183,10 @@ def experts_phase(data_root: Path, profile: Profile, jobs: int) -> tuple[list[di
     threads = 1 if jobs > 1 else 2
     todo = [name for name in blocks if not (data_root / checkpoint_dir(name) / "expert.json").is_file()]
     phase.reused = len(blocks) - len(todo)
-    _run_all(((_expert_task, (n, blocks[n], str(data_root), profile.expert_steps[n], threads)) for n in todo), jobs)
+    if progress is not None:
+        progress.phase("experts", len(blocks), phase.reused)
+    done = (lambda r: progress.job_done(r["name"], r["seconds"])) if progress is not None else None
+    _run_all(((_expert_task, (n, blocks[n], str(data_root), profile.expert_steps[n], threads)) for n in todo), jobs, done)
     records = [json.loads((data_root / checkpoint_dir(n) / "expert.json").read_text(encoding="utf-8")) for n in blocks]
     phase.seconds = time.perf_counter() - started
     phase.cpu_seconds = sum(r["cpu_seconds"] for r in records)
@@ -184,7 +194,8 @@ def experts_phase(data_root: Path, profile: Profile, jobs: int) -> tuple[list[di
     return records, phase
 
 
-def runs_phase(data_root: Path, runs_dir: Path, profile: Profile, jobs: int) -> tuple[list[dict[str, Any]], Phase]:
+def runs_phase(data_root: Path, runs_dir: Path, profile: Profile, jobs: int,
+               progress: Progress | None = None) -> tuple[list[dict[str, Any]], Phase]:
     """Train, export and evaluate every variant x seed (finished jobs are reused, half-done ones resume)."""
     phase = Phase("student runs", processes=jobs)
     started = time.perf_counter()
@@ -192,8 +203,20 @@ def runs_phase(data_root: Path, runs_dir: Path, profile: Profile, jobs: int) -> 
     threads = 1 if jobs > 1 else 2
     all_jobs = [Job(v, s, data_root, runs_dir, profile.pretrain_steps, profile.finetune_steps, profile.batch)
                 for s in range(profile.seeds) for v in VARIANTS]
-    phase.reused = sum((j.run_dir / "job.json").is_file() for j in all_jobs)
-    summaries = _run_all(((run_job, (j, words, threads)) for j in all_jobs), jobs)
+    finished = {j.name for j in all_jobs if (j.run_dir / "job.json").is_file()}
+    phase.reused = len(finished)
+    if progress is not None:
+        progress.phase("student runs", len(all_jobs), phase.reused, last=True)
+
+    def done(summary: dict[str, Any]) -> None:
+        name = f"{summary['variant']}-seed{summary['seed']}"
+        if progress is not None and name not in finished:
+            progress.job_done(name, summary["train_seconds"] + summary["eval_seconds"],
+                              f"held-out accuracy {100 * summary['accuracy']['overall']:.1f}%")
+
+    summaries = _run_all(((run_job, (j, words, threads)) for j in all_jobs if j.name not in finished), jobs, done)
+    summaries = [json.loads((j.run_dir / "job.json").read_text(encoding="utf-8")) if j.name in finished
+                 else summaries.pop(0) for j in all_jobs]
     phase.seconds = time.perf_counter() - started
     phase.cpu_seconds = sum(s["cpu_seconds"] for s in summaries)
     phase.peak_rss_mib = max(s["peak_rss_mib"] for s in summaries)
