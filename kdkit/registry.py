@@ -38,7 +38,7 @@ class Factory:
 
     @property
     def missing(self) -> tuple[str, ...]:
-        """The modules of :attr:`requires` that are not installed."""
+        """The modules of ``requires`` that are not installed."""
         import importlib.util
 
         return tuple(m for m in self.requires if importlib.util.find_spec(m) is None)
