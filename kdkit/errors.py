@@ -39,11 +39,12 @@ class StorageError(KdkitError):
 
 
 def storage_error(what: str, path: object, exc: OSError) -> StorageError:
-    """``cannot write checkpoint runs/x/checkpoints: No space left on device (ENOSPC)`` from an ``OSError``."""
+    """``cannot append to runs/x/metrics.jsonl: No space left on device (ENOSPC)`` from an ``OSError``
+    (``path`` is named; the ``OSError``'s own file when ``path`` is None)."""
     import errno
 
     code = f" ({errno.errorcode[exc.errno]})" if exc.errno in errno.errorcode else ""
-    culprit = exc.filename if exc.filename is not None else path
+    culprit = path if path is not None else exc.filename
     return StorageError(f"cannot {what} {culprit}: {exc.strerror or exc}{code}")
 
 
@@ -69,6 +70,8 @@ class RecipeError(KdkitError):
     def _render(self) -> str:
         head = f"invalid recipe {self.source}" if self.source else "invalid recipe"
         n = len(self.problems)
+        if n == 1:  # one problem, one line
+            return f"{head}: {self.problems[0]}"
         lines = [f"{head} ({n} problem{'s' if n != 1 else ''}):"]
         lines += [f"  {p}" for p in self.problems]
         return "\n".join(lines)

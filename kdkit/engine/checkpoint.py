@@ -170,8 +170,9 @@ def write_failed(tmp: Path, final: Path, exc: OSError) -> Exception:
     from kdkit.errors import storage_error
 
     shutil.rmtree(tmp, ignore_errors=True)
-    error = storage_error(f"write checkpoint {final.name} into", final.parent, exc)
-    return type(error)(f"{error}; no complete checkpoint was touched: free space or fix the location, "
+    error = storage_error("write checkpoint", final, exc)
+    file = f" (writing {Path(exc.filename).name})" if exc.filename else ""
+    return type(error)(f"{error}{file}; no complete checkpoint was touched: free space or fix the location, "
                        "then continue with --resume")
 
 

@@ -226,8 +226,8 @@ def test_validate_refuses_a_metric_the_benchmark_does_not_produce(tmp_path, tiny
     path = write_recipe(tmp_path, tiny_root, {"benchmark": {"kind": "scripted"}, "select": "scores"})
     assert main(["validate", str(path)]) == 1
     assert capsys.readouterr().err == (
-        f"error: invalid recipe {path} (1 problem):\n"
-        "  eval.select: benchmark 'scripted' has no metric 'scores' (it produces: score, head); "
+        f"error: invalid recipe {path}: "
+        "eval.select: benchmark 'scripted' has no metric 'scores' (it produces: score, head); "
         "did you mean 'score'?\n")
     path = write_recipe(tmp_path, tiny_root, {"benchmark": {"kind": "scripted"}, "select": "head", "mode": "min"})
     assert main(["validate", str(path)]) == 0
