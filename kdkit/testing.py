@@ -131,8 +131,22 @@ def _probe(kind: str, name: str, built: Any, example: Example) -> Any:
     if kind == "data":
         if len(built) == 0:
             raise _fail(kind, name, "built an empty dataset from its example")
-        return built[0]
+        return _probe_data(name, built)
     return None
+
+
+def _probe_data(name: str, built: Any) -> Any:
+    """A sample carries ``ids``: one int64 per sample, the same each time the sample is read (the sample-id rule)."""
+    import torch
+
+    sample = built[0]
+    ids = sample.get("ids") if isinstance(sample, dict) else None
+    if not isinstance(ids, torch.Tensor) or ids.dim() != 0 or ids.dtype != torch.int64:
+        raise _fail("data", name, "samples must carry 'ids', a 0-dim int64 tensor stable for the sample's content "
+                    "(the teacher cache keys stored outputs by it)")
+    if int(built[0]["ids"]) != int(ids):
+        raise _fail("data", name, "reading sample 0 twice gave two different 'ids'; ids must be stable")
+    return sample
 
 
 def _probe_logger(name: str, built: Any, example: Example) -> None:
