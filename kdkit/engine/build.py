@@ -93,8 +93,13 @@ def build_distiller(recipe: Recipe, registry: Registry, device: torch.device) ->
         scorer = registry.build("scorer", recipe.scorer.config, dataclasses.replace(full, name="scorer"))
     losses = {name: registry.build("loss", block.config, dataclasses.replace(full, name=name))
               for name, block in recipe.losses.items()}
-    return Distiller(student, adapters, source.teachers, chains, scorer, losses, source=source,
-                     capabilities=capabilities_of(student, adapters)).to(device)
+    distiller = Distiller(student, adapters, source.teachers, chains, scorer, losses, source=source,
+                          capabilities=capabilities_of(student, adapters)).to(device)
+    k = recipe.runtime.forced_teachers
+    if k is not None and k > len(recipe.teachers):
+        raise KdkitError(f"runtime.forced_teachers: {k} teachers per step, but the recipe has {len(recipe.teachers)}")
+    distiller.forced_teachers = k
+    return distiller
 
 
 def teacher_source(recipe: Recipe, registry: Registry, context: BuildContext, device: torch.device) -> TeacherSource:

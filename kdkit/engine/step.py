@@ -100,6 +100,11 @@ class _Joined(contextlib.AbstractContextManager):
         return self.stack.__exit__(*exc)
 
 
+#: Key of :attr:`StepContext.extras` holding ``{teacher: N_t / k}`` when only a random ``k`` of the
+#: ``N_t`` teachers' forced passes ran this step (``runtime.forced_teachers``).
+FORCED_WEIGHTS = "forced_weights"
+
+
 def forced_batching(device: torch.device) -> bool:
     """Whether the ``N_t`` forced passes run as one batch on ``device`` (else one pass per teacher).
 
@@ -138,6 +143,7 @@ class Distiller(nn.Module):
         self.plugin = student
         self.adapters = dict(adapters)
         self.capabilities = capabilities or capabilities_of(student, self.adapters)
+        self.forced_teachers: int | None = None  # runtime.forced_teachers: k teachers' forced passes per step
         self.source: TeacherSource = source if source is not None else OnlineTeachers(teachers)
         self.teacher_order: tuple[str, ...] = tuple(chains)
         self.chains = dict(chains)
@@ -176,26 +182,45 @@ class Distiller(nn.Module):
         aligned ``Î_i^T`` (see :func:`kdkit.engine.teacher_pass.teacher_pass`)."""
         teacher_pass(self.source, self.chains, images, ids, step)
 
-    def forced_pass(self, images: Tensor) -> dict[str, Tensor]:
-        """``(B, 3, H, W)`` -> ``{teacher: (B, m, D)}``: one pass over ``N_t * B`` images, or one pass
-        per teacher where that is faster (:func:`forced_batching`)."""
+    def forced_pass(self, images: Tensor, teachers: Sequence[str] | None = None) -> dict[str, Tensor]:
+        """``(B, 3, H, W)`` -> ``{teacher: (B, m, D)}`` for every teacher expert (or those in ``teachers``):
+        one pass over ``N_t * B`` images, or one pass per teacher where that is faster (:func:`forced_batching`)."""
         handles = list(self.capabilities.experts)
         if not handles:
             raise KdkitError("a loss reads step.student_forced (the student forced through each teacher's expert), "
                              "but no adapter has teacher experts; add a mola adapter or drop that loss")
-        order = tuple(handles[0].teacher_names)
+        names = tuple(handles[0].teacher_names)
+        experts = [k for k, name in enumerate(names) if teachers is None or name in teachers]
+        order = tuple(names[k] for k in experts)
         if not forced_batching(images.device):
             features = {}
-            for k, name in enumerate(order):
+            for k in experts:
                 with routing(handles, k):
-                    features[name] = self.plugin.encode(images)
+                    features[names[k]] = self.plugin.encode(images)
             return features
         batch = images.shape[0]
-        index = torch.arange(len(order), device=images.device).repeat_interleave(batch)
+        index = torch.tensor(experts, device=images.device).repeat_interleave(batch)
         with routing(handles, index):
             features = self.plugin.encode(repeat(images, "b c h w -> (t b) c h w", t=len(order)))
         chunks = rearrange(features, "(t b) m d -> t b m d", t=len(order))
         return {name: chunks[k] for k, name in enumerate(order)}
+
+    def sample_forced(self) -> dict[str, float] | None:
+        """This step's random ``k`` of the ``N_t`` teacher experts (``runtime.forced_teachers``), each with
+        its weight ``N_t / k``, or None when every teacher's forced pass runs.
+
+        Each teacher is drawn with probability ``k / N_t`` (uniform subsets, the global RNG), so a
+        loss that sums ``N_t / k`` times its sampled teachers' terms is an unbiased estimate of its
+        sum over all of them.
+        """
+        handles = list(self.capabilities.experts)
+        if self.forced_teachers is None or not handles:
+            return None
+        names = tuple(handles[0].teacher_names)
+        if self.forced_teachers >= len(names):
+            return None
+        chosen = torch.randperm(len(names))[: self.forced_teachers].sort().values.tolist()
+        return {names[k]: len(names) / self.forced_teachers for k in chosen}
 
     def forward(self, batch: Mapping[str, Any]) -> tuple[dict[str, Tensor], StepContext]:
         """Batch -> (``{term: unweighted scalar}`` of the active losses, step context)."""
@@ -217,7 +242,10 @@ class Distiller(nn.Module):
         step.task_loss, step.logits = out.task_loss, out.logits
         step.student_routed, step.text, step.text_mask = (
             t if t is None or step.rows is None else t[step.rows] for t in (out.features, out.text, out.text_mask))
-        step.student_forced = (ForcedFeatures(lambda: self.forced_pass(kd_images)) if some  # type: ignore[assignment]
+        sampled = self.sample_forced()
+        if sampled is not None:
+            step.extras[FORCED_WEIGHTS] = sampled
+        step.student_forced = (ForcedFeatures(lambda: self.forced_pass(kd_images, sampled)) if some  # type: ignore[assignment]
                                else Absent())
         if self.scorer is not None and some:
             step.scores = {name: self.scorer(step, name) for name in step.teacher_names}

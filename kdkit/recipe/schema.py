@@ -125,6 +125,11 @@ class Runtime(Strict):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Device (auto: cuda when available).")
     distributed: Distributed = Field(default_factory=Distributed, description="Multi-process settings.")
     gradient_checkpointing: bool = Field(False, description="Recompute student activations in the backward pass.")
+    forced_teachers: int | None = Field(
+        None, gt=0,
+        description="Run the forced student passes (I_i^S) for a random k of the N_t teachers each step, drawn "
+        "uniformly; losses over them weight each drawn teacher by N_t / k, an unbiased estimate of the full "
+        "term (null: every teacher).")
     log_every: int = Field(10, gt=0, description="Log every N optimizer steps.")
     checkpoint_every: int = Field(500, gt=0, description="Write a checkpoint every N optimizer steps (and at the end of each stage).")
     keep_last: int = Field(2, gt=0, description="Checkpoints kept on disk.")

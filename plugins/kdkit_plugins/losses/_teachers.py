@@ -25,6 +25,25 @@ def select_teachers(term: str, requested: Sequence[str] | None, known: Sequence[
     return tuple(requested)
 
 
+def forced_sample(step: object) -> dict[str, float] | None:
+    """``{teacher: N_t / k}`` when this step ran the forced passes of a random ``k`` of the ``N_t``
+    teachers only (``runtime.forced_teachers``), else None (every teacher's ran)."""
+    extras = getattr(step, "extras", None)
+    return extras.get("forced_weights") if isinstance(extras, Mapping) else None
+
+
+def sampled_mean(terms: Mapping[str, Tensor], teachers: Sequence[str], sample: Mapping[str, float] | None,
+                 like: Tensor | None = None) -> Tensor:
+    """``mean`` over ``teachers`` of the per-teacher scalars ``terms``, or, when only the teachers
+    in ``sample`` ran, its unbiased estimate ``(1 / |teachers|) Σ_{t in sample} (N_t / k) terms[t]``
+    (zero when no sampled teacher is among ``teachers``; ``like`` gives its device)."""
+    if sample is None:
+        return torch.stack([terms[t] for t in teachers]).mean()
+    if not terms:
+        return torch.zeros((), device=None if like is None else like.device)
+    return torch.stack([sample[t] * terms[t] for t in terms]).sum() / len(teachers)
+
+
 def need(tensors: Mapping[str, Tensor], teacher: str, field: str, term: str) -> Tensor:
     """``tensors[teacher]``, or a :class:`KdkitError` naming the loss, the field and the teacher."""
     try:

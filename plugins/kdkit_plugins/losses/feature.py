@@ -15,7 +15,7 @@ from torch import Tensor
 from kdkit import BuildContext, Example, Factory, PluginConfig, StepContext, hookimpl
 from kdkit.errors import KdkitError
 from kdkit_plugins.losses._precision import widen
-from kdkit_plugins.losses._teachers import check_finite, need, same_shape, select_teachers
+from kdkit_plugins.losses._teachers import check_finite, forced_sample, need, same_shape, sampled_mean, select_teachers
 
 
 class FeatureConfig(PluginConfig):
@@ -71,8 +71,11 @@ class FeatureLoss:
 
     def __call__(self, step: StepContext) -> Tensor:
         """Scalar loss (unweighted)."""
-        terms, inputs = [], {}
+        terms, inputs = {}, {}
+        sample = forced_sample(step) if self.config.student == "forced" else None
         for teacher in self.teachers:
+            if sample is not None and teacher not in sample:  # runtime.forced_teachers: not drawn this step
+                continue
             if self.config.student == "forced":
                 student = need(step.student_forced, teacher, "student_forced", self.term)
             elif step.student_routed is None:
@@ -83,9 +86,10 @@ class FeatureLoss:
             target = need(getattr(step, field), teacher, field, self.term)
             target = target.detach() if self.config.detach_target else target
             same_shape(student, target, teacher, self.term, "end the teacher's chain with an mlp (target: aligned)")
-            terms.append(self.reduce(self.distance(student, target), step, teacher))
+            terms[teacher] = self.reduce(self.distance(student, target), step, teacher)
             inputs |= {f"student for {teacher!r}": student, f"step.{field}[{teacher!r}]": target}
-        return check_finite(torch.stack(terms).mean(), self.term, inputs)
+        like = step.student_routed if isinstance(step.student_routed, Tensor) else None
+        return check_finite(sampled_mean(terms, self.teachers, sample, like), self.term, inputs)
 
 
 def build(config: FeatureConfig, context: BuildContext) -> FeatureLoss:

@@ -16,7 +16,7 @@ from kdkit.errors import KdkitError
 from kdkit_plugins.aligners.mlp import GeluMLP
 from kdkit_plugins.losses._guard import GuardedConfig, standardize_channels
 from kdkit_plugins.losses._precision import widen
-from kdkit_plugins.losses._teachers import check_finite, need, same_shape, select_teachers
+from kdkit_plugins.losses._teachers import check_finite, forced_sample, need, same_shape, sampled_mean, select_teachers
 
 
 class FgkdConfig(GuardedConfig):
@@ -79,15 +79,19 @@ class FineGrainedKD(nn.Module):
 
     def forward(self, step: StepContext) -> Tensor:
         """Scalar ``L_fg`` (unweighted)."""
-        terms, inputs = [], {}
+        terms, inputs = {}, {}
+        sample = forced_sample(step)  # runtime.forced_teachers: only a random k of the teachers ran
         for teacher in self.teachers:
+            if sample is not None and teacher not in sample:
+                continue
             student, target = self.pair(step, teacher)
             same_shape(student, target, teacher, self.term, "end the teacher's chain with an mlp or set guard: student_heads")
             error = (widen(student) - widen(target)).pow(2).mean(-1)
             weights = self.weights(step, teacher, error)
-            terms.append((weights * error).sum(-1).mean())
+            terms[teacher] = (weights * error).sum(-1).mean()
             inputs |= {f"student_forced[{teacher!r}]": student, f"target of teacher {teacher!r}": target}
-        return check_finite(torch.stack(terms).mean(), self.term, inputs)
+        like = step.student_routed if isinstance(step.student_routed, Tensor) else None
+        return check_finite(sampled_mean(terms, self.teachers, sample, like), self.term, inputs)
 
 
 def build(config: FgkdConfig, context: BuildContext) -> FineGrainedKD:
