@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
 MANIFEST = "kdkit_student.yaml"
 STUDENT_DIR = "student"
+#: The run's resolved recipe, copied into the export (not ``recipe.yaml``: that names a run directory).
+RECIPE_COPY = "kdkit_recipe.yaml"
 ADAPTERS_DIR = "adapters"
 FORMAT = 1
 #: Prefix of the student's tensors in a training checkpoint (the Distiller's ``student`` sub-module).
@@ -174,7 +176,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, checkpoint: str | Path 
         merge: Fold every adapter into the base weights (exact for plain LoRA only) and write the student
             at the top of ``out_dir``, a plain model of its library (e.g. ``LlavaForConditionalGeneration``).
 
-    Besides the student and its adapters, ``out_dir`` receives the run's ``recipe.yaml``, a model card
+    Besides the student and its adapters, ``out_dir`` receives the run's recipe (``kdkit_recipe.yaml``), a model card
     (``README.md``), the student's processor when it has one (``AutoProcessor.from_pretrained(out_dir)``)
     and each plain LoRA also in peft's format (``adapters/<name>/peft/``).
 
@@ -224,7 +226,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, checkpoint: str | Path 
     overrides_found = student.export(out_dir / student_dir)
     if student_dir != "." and isinstance(student, HasProcessor):
         student.processor().save_pretrained(out_dir)  # AutoProcessor.from_pretrained(out_dir); no config.json here
-    (out_dir / "recipe.yaml").write_bytes((run_dir / "recipe.yaml").read_bytes())
+    (out_dir / RECIPE_COPY).write_bytes((run_dir / "recipe.yaml").read_bytes())
     manifest = {
         "format": FORMAT,
         "student_dir": student_dir,

@@ -107,7 +107,7 @@ def render(manifest: dict[str, Any], results: list[dict[str, Any]]) -> str:
     for name, teacher in facts.get("teachers", {}).items():
         loaded = "; ".join(f"{k}: {_value(s)}" for k, s in teacher.items() if k != "kind") or "plugin default"
         lines.append(f"| {name} | {teacher['kind']} | {loaded} |")
-    lines += ["", "## Recipe", "", f"`recipe.yaml` in this directory is the resolved recipe "
+    lines += ["", "## Recipe", "", f"`kdkit_recipe.yaml` in this directory is the resolved recipe "
               f"`{facts.get('recipe', '?')}`; the weights are its checkpoint `{facts.get('checkpoint', '?')}`.", ""]
     if facts.get("losses"):
         lines.append("Losses: " + ", ".join(f"{n} ({l['kind']}, weight {l['weight']:g})" for n, l in facts["losses"].items()) + ".")

@@ -127,7 +127,8 @@ def test_model_card_names_base_teachers_recipe_data_and_eval(mola_export) -> Non
     assert "the weights are its checkpoint `step-00000007`" in card
     assert "| total | 85,505 |" in card  # the MoLA count of test_export: 76,928 base + 6,912 adapters + 1,665 routers
     assert "No results yet" in card
-    assert (out / "recipe.yaml").read_text() == (root / "run" / "recipe.yaml").read_text()
+    assert (out / "kdkit_recipe.yaml").read_text() == (root / "run" / "recipe.yaml").read_text()
+    assert not (out / "recipe.yaml").exists()  # that name marks a run directory for kdkit eval
     result = out / "eval" / "textvqa"
     result.mkdir(parents=True)
     (result / "metrics.json").write_text(json.dumps({"benchmark": "textvqa", "primary": "accuracy",
@@ -202,3 +203,17 @@ def test_lora_in_peft_format_applies_to_the_exported_base(lora_run, registry, tm
     inputs = hf_inputs(AutoProcessor.from_pretrained(out))
     with torch.no_grad():
         torch.testing.assert_close(peft_model(**inputs).logits, student.model(**inputs).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_kdkit_eval_refreshes_the_model_card(mola_export, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    from kdkit_plugins.fixtures.benchmarks_yesno import write_pope
+
+    out = shutil.copytree(mola_export[1], tmp_path / "export", ignore=shutil.ignore_patterns("eval"))
+    root = write_pope(tmp_path / "pope")
+    assert main(["eval", str(out), "--benchmark", "pope", "--set", f"root={root}", "--limit", "4", "--quiet"]) == 0
+    capsys.readouterr()
+    metrics = json.loads((out / "eval" / "pope" / "metrics.json").read_text())
+    value = metrics["metrics"][metrics["primary"]]
+    assert f"| pope | {metrics['primary']} | {value:.2f} | first 4 | `eval/pope/metrics.json` |" in (out / "README.md").read_text()
