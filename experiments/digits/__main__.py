@@ -19,6 +19,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--distill-set", action="append", default=[], metavar="PATH=VALUE",
                         help="override a value of the distilled recipe only, e.g. losses.fine.weight=1.0 (repeatable)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; 1 is faster on a busy machine)")
+    parser.add_argument("--split", choices=("val", "test"), default="val",
+                        help="split every run is scored on: val to choose settings (default), test once per reported one")
+    parser.add_argument("--distill-recipe", default="digits_3teachers.yaml",
+                        help="the distilled recipe, a file in recipes/vision (default digits_3teachers.yaml)")
     parser.add_argument("--notes", default="", help="text appended to the report")
     args = parser.parse_args(argv)
     if args.seeds < 1:
@@ -33,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         results = run_experiment(args.output_dir, args.seeds, QUICK if args.quick else FULL, args.distill_set,
-                                 args.teachers_from, log=lambda line: print(line, file=sys.stderr))
+                                 args.teachers_from, log=lambda line: print(line, file=sys.stderr),
+                                 split=args.split, distill_recipe=args.distill_recipe)
     except KdkitError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -19,14 +19,34 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+def split_of(results: Results) -> str:
+    """The split the results were scored on (``test`` for results written before the val split existed)."""
+    return str(results.settings.get("split", "test"))
+
+
+def paired_difference(results: Results) -> str:
+    """One line: distilled minus alone (points), mean of the per-seed paired differences and its 95% bootstrap interval."""
+    from kdkit.evaluation.compare import compare
+
+    runs = {label: [(100 * r["accuracy"], {}) for r in group]
+            for label, group in (("alone", results.alone), ("distilled", results.distilled))}
+    if len(runs["alone"]) < 2 or len(runs["distilled"]) < 2:
+        return "Paired difference: needs at least 2 seeds of each student."
+    row = compare(runs, "alone", "classification", "top1").rows[1]
+    return (f"Distilled minus alone ({split_of(results)}, paired over {min(row.seeds, len(runs['alone']))} seeds): "
+            f"{row.delta:+.2f} points, 95% bootstrap interval [{row.low:+.2f}, {row.high:+.2f}]: {row.verdict}.")
+
+
 def table(results: Results) -> list[str]:
     """Markdown rows: each teacher, the student alone and distilled (mean ± std over seeds), wall time."""
-    rows = ["| model | test accuracy (%) | runs | wall time per run (s) |", "|---|---|---|---|"]
+    rows = [f"| model | {split_of(results)} accuracy (%) | runs | wall time per run (s) |", "|---|---|---|---|"]
     for name in TEACHERS:
         if name in results.teachers:
             found = results.teachers[name]
             rows.append(f"| teacher `{name}` | {100 * found['accuracy']:.2f} | 1 | {found['wall_s']:.1f} |")
-    for label, runs in (("student alone", results.alone), ("student distilled (3 teachers)", results.distilled)):
+    recipe = str(results.settings.get("distill_recipe", "digits_3teachers.yaml")).removesuffix(".yaml")
+    distilled = "student distilled (3 teachers)" if recipe == "digits_3teachers" else f"student distilled (`{recipe}`)"
+    for label, runs in (("student alone", results.alone), (distilled, results.distilled)):
         if runs:
             mean, std = mean_std([100 * r["accuracy"] for r in runs])
             wall = statistics.fmean(r["wall_s"] for r in runs)
@@ -68,8 +88,8 @@ def plot(results: Results, runs: Path, path: Path) -> None:
     bars.bar(labels, heights, yerr=errors, capsize=4, color=["#9bb"] * len(results.teachers) + ["#c96", "#69c"])
     low = min(heights) if heights else 0.0
     bars.set_ylim(max(0.0, low - 10), 100)
-    bars.set_ylabel("test accuracy (%)")
-    bars.set_title(f"digits test split, mean ± std over {len(results.alone)} seeds")
+    bars.set_ylabel(f"{split_of(results)} accuracy (%)")
+    bars.set_title(f"digits {split_of(results)} split, mean ± std over {len(results.alone)} seeds")
     for where, run, term in ((alone_runs, "alone_seed0", "task"), (runs, "distilled_seed0", "task"),
                              (runs, "distilled_seed0", "fine"), (runs, "distilled_seed0", "coarse")):
         steps, values = curves(where / run, term)
@@ -92,12 +112,17 @@ def write_report(results: Results, output_dir: Path, notes: str = "") -> Path:
     lines = [
         "# Three teachers distilled into a small ViT: scikit-learn digits",
         "",
-        "Test split: 450 of the 1,797 scans (25 % of each class, split seed 0), upsampled to 32x32.",
+        "Test split: 450 of the 1,797 scans (25 % of each class, split seed 0); val split: 20 % of each class of",
+        "the rest, carved from train (every run trains without it); upsampled to 32x32. This report is on the",
+        f"**{split_of(results)}** split (choose settings on val; read test once per reported configuration).",
         "Teachers: trained once on the train split (`recipes/vision/digits_teachers/`), exported in timm's",
         "format. Students: the same ViT alone (`digits_student_alone.yaml`) and distilled",
-        "(`digits_3teachers.yaml`), same data, schedule and steps, one run per seed.",
+        f"(`{results.settings.get('distill_recipe', 'digits_3teachers.yaml')}`), same data, schedule and steps, "
+        "one run per seed.",
         "",
         *table(results),
+        "",
+        paired_difference(results),
         "",
         f"Whole experiment: {results.wall_s:.0f} s wall time on {torch.get_num_threads()} CPU threads "
         f"({platform.processor() or platform.machine()}, torch {torch.__version__}).",

@@ -10,7 +10,7 @@ import pytest
 
 from experiments.digits.__main__ import main
 from experiments.digits.experiment import QUICK, Budget, Results, train_and_evaluate
-from experiments.digits.report import table, write_report
+from experiments.digits.report import paired_difference, table, write_report
 from kdkit.errors import KdkitError
 
 
@@ -25,6 +25,7 @@ def made_up() -> Results:
 
 def test_table_gives_mean_and_sample_std_over_seeds() -> None:
     rows = table(made_up())
+    assert rows[0] == "| model | test accuracy (%) | runs | wall time per run (s) |"
     assert rows[2:5] == ["| teacher `resnet` | 98.00 | 1 | 5.0 |", "| teacher `convnext` | 95.00 | 1 | 6.0 |",
                          "| teacher `vit` | 90.00 | 1 | 7.0 |"]
     assert rows[5] == "| student alone | 82.00 ± 2.00 | 3 | 2.0 |"
@@ -43,6 +44,15 @@ def test_report_files(tmp_path) -> None:
     assert (tmp_path / "digits.png").stat().st_size > 10_000
 
 
+def test_paired_difference_line() -> None:
+    results = made_up()
+    results.settings["split"] = "val"
+    line = paired_difference(results)
+    assert line.startswith("Distilled minus alone (val, paired over 3 seeds): +9.00 points, 95% bootstrap interval [+8.00, +10.00]")
+    assert line.endswith(": better.")
+    assert table(results)[0] == "| model | val accuracy (%) | runs | wall time per run (s) |"
+
+
 def test_quick_budget_overrides() -> None:
     assert QUICK.overrides(teacher=True) == ["stages.train.max_steps=4", "runtime.log_every=1"]
     assert Budget(teacher_epochs=3, student_epochs=5).overrides(teacher=False) == ["stages.train.epochs=5"]
@@ -50,8 +60,8 @@ def test_quick_budget_overrides() -> None:
 
 
 def test_a_finished_run_with_other_settings_is_not_reused(tmp_path) -> None:
-    (tmp_path / "result.json").write_text(json.dumps({"accuracy": 0.5, "wall_s": 1.0, "overrides": ["runtime.seed=0"]}))
-    assert train_and_evaluate(Path("unused.yaml"), tmp_path, ["runtime.seed=0"], None)["accuracy"] == 0.5
+    (tmp_path / "result.json").write_text(json.dumps({"scores": {"val": 0.5}, "wall_s": 1.0, "overrides": ["runtime.seed=0"]}))
+    assert train_and_evaluate(Path("unused.yaml"), tmp_path, ["runtime.seed=0"], None, split="val")["accuracy"] == 0.5
     with pytest.raises(KdkitError, match=r"holds a run made with other settings \(\['runtime.seed=0'\]\); choose another "
                                          r"--output-dir"):
         train_and_evaluate(Path("unused.yaml"), tmp_path, ["runtime.seed=1"], None)
@@ -75,3 +85,15 @@ def test_quick_run_end_to_end(tmp_path, capsys) -> None:
     assert len(results["alone"]) == 2 and len(results["distilled"]) == 2
     assert all(0.0 <= r["accuracy"] <= 1.0 for r in results["alone"] + results["distilled"])
     assert (tmp_path / "digits.png").is_file()
+
+
+def test_a_finished_run_is_scored_on_a_new_split_without_training(tmp_path, monkeypatch) -> None:
+    import experiments.digits.experiment as experiment
+
+    (tmp_path / "result.json").write_text(json.dumps({"scores": {"val": 0.5}, "wall_s": 1.0, "overrides": ["a=1"]}))
+    calls = []
+    monkeypatch.setattr(experiment, "evaluate_run", lambda run_dir, benchmark: calls.append(benchmark) or 0.75)
+    assert train_and_evaluate(Path("unused.yaml"), tmp_path, ["a=1"], "test-benchmark", split="test")["accuracy"] == 0.75
+    assert train_and_evaluate(Path("unused.yaml"), tmp_path, ["a=1"], "test-benchmark", split="test")["accuracy"] == 0.75
+    assert calls == ["test-benchmark"]  # scored once, then read back
+    assert json.loads((tmp_path / "result.json").read_text())["scores"] == {"val": 0.5, "test": 0.75}
