@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import email
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -38,12 +39,25 @@ def dependencies_view(target: Path) -> Path:
     return target
 
 
+def tracked_copy(target: Path) -> Path:
+    """The checkout's tracked files (links kept as links) copied to ``target``."""
+    names = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout.split(b"\0")
+    for name in filter(None, (n.decode() for n in names)):
+        source, copy = REPO / name, target / name
+        if not source.exists() and not source.is_symlink():  # deleted in the working tree
+            continue
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, copy, follow_symlinks=False)
+    return target
+
+
 @pytest.fixture(scope="module")
 def wheel_env(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict[str, str]]:
     """(the wheel, the fresh environment's bin directory, an environment for subprocesses)."""
     tmp = tmp_path_factory.mktemp("wheel")
     dist = tmp / "dist"
-    sh(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet", "-w", dist, REPO, cwd=tmp)
+    source = tracked_copy(tmp / "source")  # setuptools builds in the source tree: keep the checkout clean
+    sh(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet", "-w", dist, source, cwd=tmp)
     (wheel,) = dist.glob("kdkit-*.whl")
     venv = tmp / "venv"
     sh(sys.executable, "-m", "venv", "--without-pip", venv, cwd=tmp)

@@ -42,3 +42,13 @@ def test_torch_and_torchvision_are_a_tested_range_and_a_pinned_pair() -> None:
     pins = dict(line.split("==") for line in constraints.read_text().splitlines() if "==" in line and not line.startswith("#"))
     assert {name: pins[name] for name in installed} == installed
     torchvision.ops.nms(torch.zeros(1, 4), torch.zeros(1), 0.5)  # the op that breaks on a mismatched pair
+
+
+def test_the_long_description_has_no_link_that_only_works_in_the_repository() -> None:
+    """README.md is the wheel's long description: a relative link there points nowhere on a package index."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text(encoding="utf-8")
+    relative = [target for target in re.findall(r"\]\(([^)]+)\)", readme) if not re.match(r"[a-z]+://|#", target)]
+    assert not relative, f"README.md links to repository paths: {relative}"
