@@ -99,10 +99,15 @@ def _cross_checks(recipe: Recipe) -> list[Problem]:
 
 def _teacher_references(recipe: Recipe, configs: Mapping[str, Any]) -> list[Problem]:
     """A plugin setting named ``teachers`` (a list) or ``teacher`` (one name) must name teachers of
-    this recipe: the build would refuse it, so validation does too."""
+    this recipe: the build would refuse it, so validation does too. A plugin config whose
+    ``needs_scorer`` is True needs the recipe's ``scorer``."""
     problems = []
     known = list(recipe.teachers)
     for path, config in configs.items():
+        if recipe.scorer is None and getattr(config, "needs_scorer", False) is True:
+            problems.append(Problem(path, f"the {config.kind!r} loss weights tokens by the recipe's scorer, but the "
+                                          "recipe has no scorer; add one (e.g. scorer: {kind: uniform}) or turn "
+                                          "the loss's scoring off"))
         for field in ("teachers", "teacher"):
             value = getattr(config, field, None)
             names = [value] if isinstance(value, str) else value if isinstance(value, list) else []

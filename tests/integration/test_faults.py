@@ -126,6 +126,14 @@ def test_validate_checks_teacher_names_in_plugin_settings(capsys) -> None:
     assert "losses.fine.teachers[1]: 'sam' is not a teacher of this recipe (teachers: clip, eva02)" in err
 
 
+def test_validate_names_a_scorer_a_loss_needs_but_the_recipe_lacks(capsys) -> None:
+    code, out, err = kdkit(capsys, "validate", RECIPE, "--set", "scorer=null")
+    refused(code, err, "losses.fine: the 'fgkd' loss weights tokens by the recipe's scorer, but the recipe has no "
+                       "scorer; add one (e.g. scorer: {kind: uniform})")
+    assert "ok:" not in out
+    assert kdkit(capsys, "validate", RECIPE, *sets("scorer=null", "losses.fine.scoring=none"))[0] == 0
+
+
 def test_validate_build_refuses_what_run_refuses(tiny_root: Path, tmp_path: Path, capsys) -> None:
     """A trainable entry of the SECOND stage matching nothing: validate --build and run refuse it before step 1."""
     bad = "stages.finetune.trainable=[adapters, projector]"

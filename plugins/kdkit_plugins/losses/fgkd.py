@@ -30,6 +30,11 @@ class FgkdConfig(GuardedConfig):
         "`none`: uniform 1/m, the ablation 'FGKD without token scoring'.",
     )
 
+    @property
+    def needs_scorer(self) -> bool:
+        """``scoring: scorer`` reads the recipe's scorer: recipe validation refuses a recipe without one."""
+        return self.scoring == "scorer"
+
 
 class FineGrainedKD(nn.Module):
     """``step -> scalar``: the mean over teachers of the score-weighted token MSE.
