@@ -145,6 +145,14 @@ def test_validate_build_refuses_what_run_refuses(tiny_root: Path, tmp_path: Path
     assert read_metrics(tmp_path / "run") == [] and not list_checkpoints(tmp_path / "run" / "checkpoints")
 
 
+def test_validate_build_checks_aligner_chains_against_the_student_grid(tiny_root: Path, capsys) -> None:
+    chain = "teachers.eva02.align=[{kind: resample, size: [5, 5]}, {kind: mlp}]"
+    assert kdkit(capsys, "validate", RECIPE, "--set", chain)[0] == 0  # shapes come from the build
+    code, out, err = kdkit(capsys, "validate", "--build", RECIPE, *sets(f"runtime.data_root={tiny_root}", chain))
+    refused(code, err, "teachers.eva02.align[1] (mlp): projects the 5x5 grid before it reaches the student grid 4x4")
+    assert "ok:" not in out
+
+
 def test_validate_takes_a_directory_with_fragments_and_foreign_configs(capsys) -> None:
     code, out, err = kdkit(capsys, "validate", ROOT / "recipes")
     assert code == 0, err
