@@ -29,6 +29,7 @@ from kdkit_plugins.adapters import lora, mola
 from kdkit_plugins.adapters._mola_layer import MolaBlock, MolaLinear
 
 TEACHERS = ("clip", "convnext", "eva")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 #: The placement of recipes/hawaii/hawaii_7b.yaml (the paper's F*(h) = F(h) + a_i^T(h) + a_j^G(h)).
 HAWAII_PLACEMENT = "parallel"
 
@@ -97,15 +98,18 @@ def loop_copy(model: nn.Module, handle: object) -> nn.Module:
 
 
 # -- timing ----------------------------------------------------------------------------------
-def interleaved_times(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
+def interleaved_times(runs: dict[str, Callable[[], object]], repeats: int, device: torch.device) -> dict[str, list[float]]:
     """Seconds of every repeat per run, the runs interleaved so machine noise hits them all alike."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for run in runs.values():  # warm-up
         run()
     times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeats):
         for name, run in runs.items():
+            sync()
             start = time.perf_counter()
             run()
+            sync()
             times[name].append(time.perf_counter() - start)
     return times
 
@@ -130,7 +134,8 @@ def measure(args: argparse.Namespace) -> dict[str, float]:
     shapes = dict(layers=2, hidden=64, mlp=256, image=56, heads=4) if args.quick else \
         dict(layers=args.layers, hidden=1024, mlp=4096, image=336, heads=16)
     torch.manual_seed(0)
-    plain = clip_tower(**shapes)
+    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    plain = clip_tower(**shapes).to(device, dtype)
     hawaii_model, handle = injected(plain, args, placement=HAWAII_PLACEMENT)
     both_model, both_handle = injected(plain, args, placement="both")
     dense_model, _ = injected(plain, args, placement="both", compute="dense")
@@ -140,7 +145,9 @@ def measure(args: argparse.Namespace) -> dict[str, float]:
     lora_handle = lora.build(lora.LoraConfig(rank=args.rank), BuildContext(model=lora_model))
     randomize(lora_handle)
 
-    images = torch.rand(args.batch, 3, shapes["image"], shapes["image"])
+    for model in (hawaii_model, both_model, dense_model, loop_model, lora_model):
+        model.to(device, dtype)
+    images = torch.rand(args.batch, 3, shapes["image"], shapes["image"], device=device, dtype=dtype)
     with torch.no_grad():
         reference = loop_model(images).last_hidden_state
         gap = max((m(images).last_hidden_state - reference).abs().max().item() for m in (both_model, dense_model))
@@ -162,14 +169,14 @@ def measure(args: argparse.Namespace) -> dict[str, float]:
             "plain": infer(plain), "mola_routed": infer(hawaii_model), "mola_both_routed": infer(both_model),
             "mola_both_dense": infer(dense_model), "loop_routed": infer(loop_model),
             "forced_batched": forced(True), "forced_sequential": forced(False),
-        }, args.repeats)
-    train_times = interleaved_times({"lora_train": train(lora_model), "mola_train": train(hawaii_model)}, args.repeats)
+        }, args.repeats, device)
+    train_times = interleaved_times({"lora_train": train(lora_model), "mola_train": train(hawaii_model)}, args.repeats, device)
     times = {**infer_times, **train_times}
 
     tokens = (shapes["image"] // 14) ** 2 + 1
     print(f"shapes: {shapes['layers']} layers, hidden {shapes['hidden']}, MLP {shapes['mlp']}, {tokens} tokens, "
           f"batch {args.batch}, rank {args.rank}, router {args.router_hidden}, {len(TEACHERS)} teacher + 3 general "
-          f"experts, fp32, {torch.get_num_threads()} threads, {args.repeats} interleaved repeats, "
+          f"experts, {args.dtype} on {device.type}, {torch.get_num_threads()} threads, {args.repeats} interleaved repeats, "
           f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"mola_routed: HAWAII placement ({HAWAII_PLACEMENT}); mola_both: MoVE-KD's fc1+fc2 (grouped experts; "
           f"mola_both_dense: every expert under a mask)")
@@ -248,7 +255,8 @@ def overhead(rank: int, router_hidden: int) -> list[dict[str, object]]:
         rows.append(dict(variant=f"LoRA r={rank} fc1+fc2", params=n_base + n, extra=n, active=n, flops=count(lora_model)[0]))
         for placement in ("both", "parallel"):
             model = copy.deepcopy(base)
-            handle = mola.build(mola.MolaConfig(rank=rank, router_hidden=router_hidden, placement=placement),
+            config = mola.MolaConfig(rank=rank, router_hidden=router_hidden, placement=placement, compute="dense")
+            handle = mola.build(config,
                                 BuildContext(teacher_names=TEACHERS, model=model))
             adapters, routers = handle.parameters("adapters"), handle.parameters("routers")
             n_adapt, n_router = sum(p.numel() for p in adapters), sum(p.numel() for p in routers)
@@ -257,9 +265,9 @@ def overhead(rank: int, router_hidden: int) -> list[dict[str, object]]:
             flops, by_module = count(model)
             router_flops = sum(sum(v.values()) for k, v in by_module.items() if k.endswith(("router_teacher", "router_general")))
             one_lora = count(model, handle.routing("clip"))[0] - flops_base  # exactly one expert
-            rows.append(dict(variant=f"MoLA {placement}, executed (dense, 6 experts)", params=n_base + n_adapt + n_router,
+            rows.append(dict(variant=f"MoLA {placement}, dense (6 experts; training with straight_through)", params=n_base + n_adapt + n_router,
                              extra=n_adapt + n_router, active=active, flops=flops))
-            rows.append(dict(variant=f"MoLA {placement}, floor (2 active experts)", params=n_base + n_adapt + n_router,
+            rows.append(dict(variant=f"MoLA {placement}, grouped (2 chosen experts; inference)", params=n_base + n_adapt + n_router,
                              extra=n_adapt + n_router, active=active, flops=flops_base + 2 * one_lora + router_flops))
     return rows
 
@@ -272,6 +280,8 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=32)
     parser.add_argument("--router-hidden", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats (median is reported)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="weights and inputs")
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: torch's)")
     parser.add_argument("--overhead", action="store_true", help="print the CLIP-L parameter/FLOP table and exit")
     args = parser.parse_args()

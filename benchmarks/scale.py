@@ -1,0 +1,319 @@
+"""Scale rehearsal: the HAWAII-7B student at its real widths through the engine's step on CPU.
+
+    python -m benchmarks.scale                    # CLIP-L/14-336 (4 of 24 layers), Llama 4096 (1 layer), batch 1
+    python -m benchmarks.scale --tower-layers 24 --llm-layers 2   # the whole tower (slow on a CPU)
+    python -m benchmarks.scale --quick            # CI-size widths: checks the script, measures nothing
+    python -m benchmarks.scale --projection-only  # the 8-GPU projection table from the built-in per-layer figures
+
+The student is LLaVA-1.5-7B's at its real widths: a CLIP ViT-L/14-336 tower (hidden 1024, MLP
+4096, 16 heads, 577 tokens), the mlp2x_gelu projector (1024 -> 4096 -> 4096) and a Llama at 4096
+width (MLP 11008, 32 heads) with a few layers and the tiny tokenizer's vocabulary; MoLA at the
+recipe's settings (rank 32, router 64, 3 teacher + 3 general experts, ``placement: parallel``).
+The ``clip`` teacher is the student's own CLIP at real width; ``convnext`` and ``eva02`` are the
+tiny twins' (frozen, no gradient: their size changes the teacher time, not the student's
+activation memory). Everything else is the tiny HAWAII twin of ``recipes/hawaii/hawaii_7b.yaml``
+against the LLaVA-1.5 twin (``recipes/tiny/hawaii/llava15_7b.yaml``): same data, stage
+``finetune`` (every part trains), built by the engine (``build_distiller``), one micro-batch
+through ``Distiller.forward`` and ``backward`` exactly as the trainer runs it.
+
+Four configurations run, each in its own process (so peak memory is its own): plain LLaVA and
+MoLA + KD, each with ``runtime.gradient_checkpointing`` off and on. Per configuration, a warm-up
+step, then ``--steps`` timed steps (median). Measured:
+
+- **activation memory**: bytes autograd keeps for the backward at the end of the forward: the
+  unique storages of every saved tensor (parameters excluded) plus, with checkpointing, the
+  input each checkpointed layer keeps for its recomputation;
+- **peak memory**: the process's peak resident set (parameters, gradients and activations);
+- **recomputed layers**: student layer forwards run again during the backward;
+- **phases** of one step: teachers (+ aligners), routed student pass (tower, projector, LLM),
+  forced passes, scorer + losses, backward.
+
+The projection table (``docs/guides/scale.md``) extrapolates the measured per-layer activation
+figures to the full 7B / 13B models on 8 GPUs in bf16: a projection, not a measurement. The
+last line printed is JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = {"plain": ROOT / "recipes" / "tiny" / "hawaii" / "llava15_7b.yaml",
+           "kd": ROOT / "recipes" / "tiny" / "hawaii" / "hawaii_7b.yaml"}
+STAGE = "finetune"
+GIB = 2**30
+#: LLaVA-1.5 at real width (transformers config fields); layer counts come from the command line.
+VISION = {"hidden_size": 1024, "intermediate_size": 4096, "num_attention_heads": 16, "image_size": 336,
+          "patch_size": 14, "projection_dim": 768}
+LANGUAGE = {"hidden_size": 4096, "intermediate_size": 11008, "num_attention_heads": 32, "num_key_value_heads": 32,
+            "max_position_embeddings": 4096}
+QUICK_VISION = {"hidden_size": 64, "intermediate_size": 256, "num_attention_heads": 4, "image_size": 56,
+                "patch_size": 14, "projection_dim": 32}
+QUICK_LANGUAGE = {"hidden_size": 128, "intermediate_size": 256, "num_attention_heads": 4, "num_key_value_heads": 4,
+                  "max_position_embeddings": 1024}
+
+
+# -- the models and data -------------------------------------------------------------------------
+def write_models(root: Path, args: argparse.Namespace) -> Path:
+    """The tiny HAWAII data and teachers, with the student's CLIP and Llama replaced by real-width ones."""
+    from kdkit_plugins.fixtures.hawaii import write_tiny_hawaii
+    from kdkit_plugins.fixtures.llava import write_tiny_clip_vision, write_tiny_llm
+
+    write_tiny_hawaii(root)
+    vision, language = (QUICK_VISION, QUICK_LANGUAGE) if args.quick else (VISION, LANGUAGE)
+    write_tiny_clip_vision(root / "models" / "clip", seed=1, num_hidden_layers=args.tower_layers, **vision)
+    write_tiny_llm(root / "models" / "llm", tokenizer_dir=root / "models" / "llm", seed=2,
+                   num_hidden_layers=args.llm_layers, **language)
+    return root
+
+
+def overrides(config: str, checkpointing: bool, root: Path, args: argparse.Namespace) -> list[str]:
+    """Recipe overrides of one configuration."""
+    out = [f"runtime.data_root={root}", f"runtime.gradient_checkpointing={str(checkpointing).lower()}",
+           f"runtime.device={args.device}", f"runtime.precision={args.precision}",
+           f"stages.{STAGE}.batch.per_device={args.batch}", f"stages.{STAGE}.batch.global_size={args.batch}",
+           f"stages.{STAGE}.data.max_length=2048"]
+    if config == "kd" and not args.quick:
+        out += ["adapters.mola.rank=32", "adapters.mola.router_hidden=64"]
+    return out
+
+
+# -- one configuration, in its own process ------------------------------------------------------
+@dataclasses.dataclass
+class Meter:
+    """What one step showed: time and saved bytes per phase, layer recomputations."""
+
+    seconds: dict[str, float] = dataclasses.field(default_factory=lambda: defaultdict(float))
+    saved: dict[str, int] = dataclasses.field(default_factory=lambda: defaultdict(int))
+    stack: list[list[Any]] = dataclasses.field(default_factory=list)
+    storages: set[int] = dataclasses.field(default_factory=set)
+    region: str = "other"
+    recomputed: int = 0
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Time spent inside, less the time of phases nested in it."""
+        self.stack.append([name, time.perf_counter(), 0.0])
+        try:
+            yield
+        finally:
+            _, start, children = self.stack.pop()
+            elapsed = time.perf_counter() - start
+            self.seconds[name] += elapsed - children
+            if self.stack:
+                self.stack[-1][2] += elapsed
+
+    @property
+    def current(self) -> str:
+        return self.stack[-1][0] if self.stack else "other"
+
+    def keep(self, tensor: Any) -> None:
+        """Count ``tensor``'s storage once, under the current phase and layer region."""
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() in self.storages or storage.nbytes() == 0:
+            return
+        self.storages.add(storage.data_ptr())
+        self.saved[f"{self.current}/{self.region}"] += storage.nbytes()
+
+
+def timed(meter: Meter, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with meter.phase(name):
+            return fn(*args, **kwargs)
+    return wrapper
+
+
+def child(config: str, checkpointing: bool, root: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Build one configuration through the engine, run warm-up + timed steps, return its figures."""
+    import torch
+
+    from kdkit.engine import build
+    from kdkit.engine.capabilities import data_capabilities
+    from kdkit.engine.loader import to_device
+    from kdkit.engine.step import checkpoint_context, weighted_total
+    from kdkit.plugins import get_registry
+    from kdkit.recipe import load_recipe
+
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    registry = get_registry()
+    recipe = load_recipe(RECIPES[config], overrides(config, checkpointing, root, args), registry=registry)
+    device = torch.device(args.device)
+    distiller = build.build_distiller(recipe, registry, device)
+    stage = recipe.stages[STAGE]
+    groups = build.parameter_groups(distiller)
+    build.set_trainable(distiller, build.resolve_trainable(STAGE, stage.trainable, distiller, groups))
+    if checkpointing:  # as the trainer does
+        distiller.capabilities.checkpointing.enable_gradient_checkpointing(checkpoint_context(distiller.capabilities.replay))
+    distiller.train()
+    context = dataclasses.replace(build.base_context(recipe, device), name=STAGE, extras={"student": distiller.plugin})
+    dataset = registry.build("data", stage.data.config, context)
+    batch = to_device(data_capabilities(dataset).collate([dataset[i] for i in range(args.batch)]), device)
+    cuda = device.type == "cuda"
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    weights = {name: block.weight for name, block in recipe.losses.items()}
+    parameters = {p.untyped_storage().data_ptr() for p in distiller.parameters()}
+    rss_built = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    meter = Meter()
+    layers = distiller.plugin.shard_units()
+    tower_layers = distiller.plugin.model.config.vision_config.num_hidden_layers
+    state = {"backward": False}
+    for index, layer in enumerate(layers):
+        region = "tower" if index < tower_layers else "llm"
+
+        def enter(module: Any, inputs: tuple[Any, ...], kwargs: dict[str, Any], region: str = region) -> None:
+            meter.region = region
+            if checkpointing and torch.is_grad_enabled() and not state["backward"]:
+                hidden = inputs[0] if inputs else kwargs.get("hidden_states")
+                if isinstance(hidden, torch.Tensor) and hidden.requires_grad:
+                    meter.keep(hidden)  # the checkpoint keeps each layer's input for the recomputation
+
+        def leave(*_: Any) -> None:
+            meter.region = "other"
+
+        def attention(*_: Any) -> None:
+            if state["backward"]:
+                meter.recomputed += 1
+
+        layer.register_forward_pre_hook(enter, with_kwargs=True)
+        layer.register_forward_hook(leave)
+        getattr(layer, "self_attn").register_forward_hook(attention)
+    distiller.teacher_pass = timed(meter, "teachers", distiller.teacher_pass)  # type: ignore[method-assign]
+    distiller.forced_pass = timed(meter, "forced passes", distiller.forced_pass)  # type: ignore[method-assign]
+    distiller.losses = {n: timed(meter, "scorer + losses", fn) for n, fn in distiller.losses.items()}
+    if distiller.scorer is not None:
+        object.__setattr__(distiller, "scorer", timed(meter, "scorer + losses", distiller.scorer))
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        if tensor.untyped_storage().data_ptr() not in parameters:
+            meter.keep(tensor)
+        return tensor
+
+    steps = []
+    for step in range(1 + args.steps):
+        meter.seconds.clear(), meter.saved.clear(), meter.storages.clear()
+        meter.recomputed = 0
+        distiller.zero_grad(set_to_none=True)
+        sync()
+        start = time.perf_counter()
+        with meter.phase("routed pass"), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast:
+            losses, _ = distiller(batch)
+        total = weighted_total({n: losses[n] for n in distiller.active}, weights)
+        sync()
+        state["backward"] = True
+        with meter.phase("backward"):
+            total.backward()
+            sync()
+        state["backward"] = False
+        seconds = time.perf_counter() - start
+        if step:  # the first step warms up allocators and lazy initialisation
+            steps.append({"seconds": seconds, "phases": dict(meter.seconds), "saved": dict(meter.saved),
+                          "recomputed": meter.recomputed, "loss": float(total)})
+    last = steps[-1]
+    return {
+        "config": config, "checkpointing": checkpointing,
+        "step_seconds": [s["seconds"] for s in steps],
+        "phases": {k: statistics.median(s["phases"].get(k, 0.0) for s in steps) for k in last["phases"]},
+        "activation_bytes": sum(last["saved"].values()), "saved_by_phase": last["saved"],
+        "recomputed_layers": last["recomputed"],
+        "peak_rss_bytes": torch.cuda.max_memory_allocated(device) if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "built_rss_bytes": rss_built,
+        "parameters": sum(p.numel() for p in distiller.parameters()),
+        "trainable": sum(p.numel() for p in distiller.parameters() if p.requires_grad),
+        "tokens": int(batch["input_ids"].shape[1]), "tower_layers": tower_layers,
+        "llm_layers": len(layers) - tower_layers, "threads": torch.get_num_threads(), "loss": last["loss"],
+    }
+
+
+# -- the parent: four processes, a table, JSON --------------------------------------------------
+def run_child(config: str, checkpointing: bool, root: Path, args: argparse.Namespace) -> dict[str, Any]:
+    command = [sys.executable, "-m", "benchmarks.scale", "--child", config, "--root", str(root),
+               "--batch", str(args.batch), "--steps", str(args.steps), "--tower-layers", str(args.tower_layers),
+               "--llm-layers", str(args.llm_layers), "--device", args.device, "--precision", args.precision] + (["--checkpointing"] if checkpointing else []) \
+        + (["--quick"] if args.quick else []) + (["--threads", str(args.threads)] if args.threads else [])
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=False)
+    if done.returncode:
+        raise SystemExit(f"{config} (checkpointing {checkpointing}) failed:\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def gib(n: float) -> str:
+    return f"{n / GIB:.2f}"
+
+
+def report(results: dict[tuple[str, bool], dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
+    first = next(iter(results.values()))
+    print(f"student: CLIP tower {first['tower_layers']} layers, LLM {first['llm_layers']} layers, "
+          f"{'CI-size widths' if args.quick else 'real 7B widths'}; {first['tokens']} tokens per sample, batch "
+          f"{args.batch}, {args.precision} on {args.device}, {first['threads']} threads, {args.steps} timed step(s) after a warm-up; "
+          f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"{'configuration':<28}{'step s':>9}{'activations GiB':>17}{'peak GiB':>10}{'recomputed':>12}")
+    for (config, ckpt), r in results.items():
+        name = f"{'MoLA + KD' if config == 'kd' else 'plain LLaVA'}, ckpt {'on' if ckpt else 'off'}"
+        print(f"{name:<28}{statistics.median(r['step_seconds']):>9.1f}{gib(r['activation_bytes']):>17}"
+              f"{gib(r['peak_rss_bytes']):>10}{r['recomputed_layers']:>12}")
+    for ckpt in (False, True):
+        kd = results[("kd", ckpt)]
+        print(f"phases of one MoLA + KD step, checkpointing {'on' if ckpt else 'off'} (s): "
+              + ", ".join(f"{k} {v:.2f}" for k, v in kd["phases"].items()))
+        print(f"  activations by phase/layer region (GiB): "
+              + ", ".join(f"{k} {gib(v)}" for k, v in sorted(kd["saved_by_phase"].items()) if v > GIB / 1000))
+
+    def step(r: dict[str, Any]) -> float:
+        return statistics.median(r["step_seconds"])
+
+    on_kd, on_plain = results[("kd", True)], results[("plain", True)]
+    return {
+        "activation_kd_vs_plain": round(on_kd["activation_bytes"] / on_plain["activation_bytes"], 4),
+        "step_kd_vs_plain": round(step(on_kd) / step(on_plain), 4),
+        "recomputed_layers": on_kd["recomputed_layers"],
+        "recomputed_layers_plain": on_plain["recomputed_layers"],
+        "activation_gib": {f"{c}_ckpt_{'on' if k else 'off'}": round(r["activation_bytes"] / GIB, 3) for (c, k), r in results.items()},
+        "peak_gib": {f"{c}_ckpt_{'on' if k else 'off'}": round(r["peak_rss_bytes"] / GIB, 3) for (c, k), r in results.items()},
+        "step_s": {f"{c}_ckpt_{'on' if k else 'off'}": round(step(r), 2) for (c, k), r in results.items()},
+        "activation_kd_vs_plain_ckpt_off": round(results[("kd", False)]["activation_bytes"] / results[("plain", False)]["activation_bytes"], 4),
+        "tower_layers": first["tower_layers"], "llm_layers": first["llm_layers"], "tokens": first["tokens"],
+        "batch": args.batch, "load_average": round(os.getloadavg()[0], 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tower-layers", type=int, default=4, help="CLIP layers at real width (the real tower has 24)")
+    parser.add_argument("--llm-layers", type=int, default=1, help="Llama layers at 4096 width (7B has 32)")
+    parser.add_argument("--batch", type=int, default=1, help="samples per micro-batch")
+    parser.add_argument("--steps", type=int, default=1, help="timed steps per configuration, after one warm-up")
+    parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: torch's)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="autocast precision of the student")
+    parser.add_argument("--quick", action="store_true", help="CI-size widths (checks the script only)")
+    parser.add_argument("--child", choices=sorted(RECIPES), help=argparse.SUPPRESS)
+    parser.add_argument("--checkpointing", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--root", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child, args.checkpointing, args.root, args)))
+        return
+    with tempfile.TemporaryDirectory(prefix="kdkit-scale-") as tmp:
+        root = write_models(Path(tmp), args)
+        results = {(c, k): run_child(c, k, root, args) for k in (False, True) for c in ("plain", "kd")}
+    print(json.dumps(report(results, args)))
+
+
+if __name__ == "__main__":
+    main()
