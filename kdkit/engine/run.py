@@ -72,7 +72,7 @@ def make_run_dir(run_dir: Path) -> None:
         raise storage_error("write the run directory", run_dir, exc) from None
 
 
-def check_run_dir(run_dir: Path, resume: bool) -> bool:
+def check_run_dir(run_dir: Path, resume: bool, main: bool = True) -> bool:
     """Refuse to start a fresh run in a directory that holds another run (never overwrite one).
 
     A run that stopped before its first checkpoint has nothing to lose: it starts again, with or
@@ -84,7 +84,7 @@ def check_run_dir(run_dir: Path, resume: bool) -> bool:
     """
     if not list_checkpoints(run_dir / "checkpoints"):
         if (run_dir / RECIPE_FILE).exists():
-            console(f"{run_dir} holds a run that stopped before its first checkpoint: starting it again from step 0")
+            console(f"{run_dir} holds a run that stopped before its first checkpoint: starting it again from step 0", main)
         elif resume:
             raise CheckpointError(f"nothing to resume: {run_dir} holds no run; start it without --resume")
         return True
@@ -147,7 +147,7 @@ def run_recipe(recipe_path: str | Path, overrides: Iterable[str] = (), resume: b
         if world.main:  # one live run per directory: taken before anything is read or written
             make_run_dir(run_dir)
             held = lock.acquire(run_dir)
-        fresh = check_run_dir(run_dir, resume)
+        fresh = check_run_dir(run_dir, resume, world.main)
         checkpoint = find_resume(run_dir, recipe_data) if not fresh else None
         world.barrier()  # every rank checked the directory before rank 0 writes into it
         if world.main:
