@@ -21,6 +21,7 @@ import errno
 import hashlib
 import json
 import os
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,8 @@ from kdkit.errors import storage_error
 from kdkit.interfaces import TeacherOutput
 
 FORMAT = "kdkit-teacher-cache/1"
+#: Shards kept open (memory-mapped) at once per teacher; older ones are closed and reopened on demand.
+OPEN_SHARDS = 128
 META = "teacher.json"
 DTYPE_NAMES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -100,7 +103,7 @@ class TeacherStore:
         self.root, self.meta = Path(root), meta
         self.dir = self.root / meta.teacher
         self.index: dict[int, list[tuple[Path, int, bytes]]] = {}
-        self._files: dict[Path, Any] = {}
+        self._files: OrderedDict[Path, Any] = OrderedDict()
 
     # metadata -------------------------------------------------------------------------------
     @staticmethod
@@ -211,7 +214,9 @@ class TeacherStore:
 
     def _open(self, path: Path) -> Any:
         handle = self._files.get(path)
-        if handle is None:
+        if handle is not None:
+            self._files.move_to_end(path)
+        else:
             from safetensors import safe_open
 
             try:
@@ -223,6 +228,8 @@ class TeacherStore:
                 raise CacheError(f"teacher {self.meta.teacher!r}: shard {path} is truncated or corrupt ({exc}); "
                                  "delete it and run `kdkit cache` again (finished shards are kept)") from None
             self._files[path] = handle
+            if len(self._files) > OPEN_SHARDS:  # a real cache has thousands of shards: keep file handles bounded
+                self._files.popitem(last=False)
         return handle
 
     def load_index(self) -> int:

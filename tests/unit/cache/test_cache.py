@@ -256,3 +256,20 @@ def test_augmenting_data_is_refused_by_the_cache(tiny_root, tmp_path, classifier
     with pytest.raises(CacheError, match=message):
         cache_stage(CLASSIFIER, "pretrain", tmp_path / "c", overrides=[f"runtime.data_root={tiny_root}"],
                     registry=registry, echo=quiet)
+
+
+def test_reads_reopen_shards_beyond_the_open_file_bound(classifier_cache, tiny_root, registry, monkeypatch) -> None:
+    import kdkit.cache.store as store_module
+    from kdkit.recipe import load_recipe
+
+    recipe = load_recipe(CLASSIFIER, [f"runtime.data_root={tiny_root}"], registry=registry)
+    context = build.base_context(recipe, torch.device("cpu"))
+    wide = open_cache(classifier_cache, recipe.teachers, context, {}, "cached", False).stores["eva02"]
+    entries = [(sample, place[:2]) for sample, places in sorted(wide.index.items()) for place in places]
+    assert len({path for _, (path, _) in entries}) > 1
+    expected = wide.read([p for _, p in entries], [s for s, _ in entries])
+    monkeypatch.setattr(store_module, "OPEN_SHARDS", 1)
+    narrow = open_cache(classifier_cache, recipe.teachers, context, {}, "cached", False).stores["eva02"]
+    got = narrow.read([p for _, p in entries], [s for s, _ in entries])
+    assert len(narrow._files) == 1
+    torch.testing.assert_close(got.grid, expected.grid, rtol=0, atol=0)
