@@ -142,10 +142,9 @@ class CachedTeachers:
         return result
 
     def _remember(self, name: str, ids: Tensor, digests: np.ndarray, out: TeacherOutput, rows: list[int]) -> None:
-        picked = torch.tensor(rows)
-        detached = TeacherOutput(*(t.detach().cpu()[picked] if t is not None and t.shape[0] != len(rows)
-                                   else (t.detach().cpu() if t is not None else None) for t in out))
-        self.pending.setdefault(name, []).append((ids.detach().cpu()[picked], digests[rows], detached))
+        """Keep ``out`` (the outputs of batch rows ``rows``, one per row) to append; publish every ``shard_size``."""
+        detached = TeacherOutput(*(t.detach().cpu() if t is not None else None for t in out))
+        self.pending.setdefault(name, []).append((ids.detach().cpu()[torch.tensor(rows)], digests[rows], detached))
         if sum(len(p[0]) for p in self.pending[name]) >= self.shard_size:
             self._flush(name)
 
