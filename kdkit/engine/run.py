@@ -7,6 +7,7 @@ the report (``report.md`` + PNG plots).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import random
@@ -141,7 +142,7 @@ def run_recipe(recipe_path: str | Path, overrides: Iterable[str] = (), resume: b
     recipe_data = recipe_dict(recipe)
     validation = prepare_validation(recipe, registry, str(recipe_path))  # the benchmark's files are read now
     world = init_world(recipe.runtime)
-    held = None
+    held, monitor = None, None
     try:
         run_dir = run_dir_of(recipe)
         if world.main:  # one live run per directory: taken before anything is read or written
@@ -175,5 +176,8 @@ def run_recipe(recipe_path: str | Path, overrides: Iterable[str] = (), resume: b
         world.barrier()
         return run_dir
     finally:
+        if monitor is not None:  # a failed run still flushes its events and lets go of its files
+            with contextlib.suppress(OSError):
+                monitor.close()
         lock.release(held)
         close_world(world)

@@ -74,7 +74,8 @@ def test_recipe_using_it_validates_and_typos_are_caught(site, tmp_path) -> None:
     assert "Traceback" not in result.stderr
     result = kdkit(site, "--disable", "similarity", "validate", str(recipe))
     assert result.returncode == 1
-    assert "losses.relational.kind: unknown loss 'similarity'" in result.stderr
+    assert ("losses.relational.kind: loss 'similarity' is offered only by a disabled plugin (plugin 'similarity', "
+            "disabled by --disable)") in result.stderr
 
 
 def test_contract_kit_passes_on_it(site, tmp_path) -> None:
