@@ -292,6 +292,68 @@ def report(results: dict[tuple[str, bool], dict[str, Any]], args: argparse.Names
     }
 
 
+# -- the projection: full models on 8 GPUs in bf16, from the measured per-layer figures ----------
+#: Full models: parameters (LLaVA-1.5 + MoLA parallel + KD heads), decoder layers, width, vocabulary.
+FULL = {"7B": dict(params=7_062_902_784 + 12_595_344, heads=40_000_000, layers=32, width=4096, vocab=32_000, per_device=8),
+        "13B": dict(params=13_350_839_296 + 12_595_344, heads=40_000_000, layers=40, width=5120, vocab=32_000, per_device=4)}
+TOWER_LAYERS, TOWER_TOKENS, TOWER_WIDTH, TEACHERS, GPUS, TOKENS = 24, 577, 1024, 3, 8, 2048
+#: Frozen teachers on every GPU: CLIP-L in fp32, ConvNeXt-XXL and EVA-02-L in bf16 (about).
+TEACHER_BYTES = 0.30e9 * 4 + (0.85e9 + 0.30e9) * 2
+#: Share of the fp32 activation bytes left under bf16 autocast (saved GEMM inputs in bf16; norms,
+#: softmax and the fp32 residual stream not): an assumption, checkable with --device cuda --precision bf16.
+BF16_SHARE = 0.6
+
+
+def projection(off: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows of the projection table from the measured MoLA + KD run without checkpointing (``off``)."""
+    saved, tokens = off["saved_by_phase"], off["tokens"]
+    tower_layer = saved.get("routed pass/tower", 0) / off["tower_layers"]  # bytes per tower layer per image, fp32
+    llm_token_layer = saved.get("routed pass/llm", 0) / off["llm_layers"] / tokens / LANGUAGE["hidden_size"]  # per token per width
+    extras = sum(v for k, v in saved.items() if k.split("/")[0] in ("teachers", "scorer + losses"))
+    rows = []
+    for name, m in FULL.items():
+        trainable = m["params"] + m["heads"]
+        state = 16 * trainable  # fp32 weights, fp32 gradients, AdamW's two fp32 moments
+        llm_layer = llm_token_layer * m["width"] * TOKENS
+        logits = TOKENS * m["vocab"] * 8  # fp32 logits and their float copy for the loss
+        off_sample = BF16_SHARE * (TOWER_LAYERS * (1 + TEACHERS) * tower_layer + m["layers"] * llm_layer) + logits + extras
+        inputs = 4 * (TOWER_LAYERS * (1 + TEACHERS) * TOWER_TOKENS * TOWER_WIDTH + m["layers"] * TOKENS * m["width"])
+        on_sample = inputs + logits + extras
+        transient = BF16_SHARE * max(llm_layer, tower_layer)  # one layer recomputed at a time
+        for strategy, shard in (("DDP", 1), ("FSDP2", GPUS)):
+            for ckpt in (False, True):
+                acts = m["per_device"] * (on_sample + transient if ckpt else off_sample)
+                rows.append(dict(model=name, strategy=strategy, ckpt=ckpt, per_device=m["per_device"],
+                                 params=4 * trainable / shard, optimizer=12 * trainable / shard,
+                                 teachers=TEACHER_BYTES, activations=acts,
+                                 total=state / shard + TEACHER_BYTES + acts))
+    return rows
+
+
+def projected_ratio(off: dict[str, Any], plain: dict[str, Any], model: str = "7B") -> float:
+    """Projected activation memory of MoLA + KD over plain LLaVA, both with checkpointing, at full depth.
+
+    Plain LLaVA's stage 2 keeps each decoder layer's input and the logits; MoLA + KD adds each
+    tower layer's input in the routed and the ``N_t`` forced passes (the tower trains) and what the
+    teachers' aligners, the scorer and the losses keep (measured, ``off``).
+    """
+    m = FULL[model]
+    extras = sum(v for k, v in off["saved_by_phase"].items() if k.split("/")[0] in ("teachers", "scorer + losses"))
+    base = 4 * m["layers"] * TOKENS * m["width"] + TOKENS * m["vocab"] * 8
+    kd = base + 4 * TOWER_LAYERS * (1 + TEACHERS) * TOWER_TOKENS * TOWER_WIDTH + extras
+    return kd / base
+
+
+def print_projection(rows: list[dict[str, Any]]) -> None:
+    print(f"PROJECTION (not a measurement): HAWAII stage 2 (every part trains) on {GPUS} GPUs, bf16 autocast over "
+          f"fp32 weights, AdamW, {TOKENS} tokens per sample, GB per GPU")
+    print("| model | strategy | checkpointing | batch / GPU | weights | grads + AdamW | teachers | activations | total |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['model']} | {r['strategy']} | {'on' if r['ckpt'] else 'off'} | {r['per_device']} | "
+              + " | ".join(f"{r[k] / 1e9:.1f}" for k in ("params", "optimizer", "teachers", "activations", "total")) + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tower-layers", type=int, default=4, help="CLIP layers at real width (the real tower has 24)")
@@ -312,7 +374,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="kdkit-scale-") as tmp:
         root = write_models(Path(tmp), args)
         results = {(c, k): run_child(c, k, root, args) for k in (False, True) for c in ("plain", "kd")}
-    print(json.dumps(report(results, args)))
+    summary = report(results, args)
+    if not args.quick:
+        print_projection(projection(results[("kd", False)]))
+        summary["activation_kd_vs_plain_projected_7b"] = round(projected_ratio(results[("kd", False)], results[("plain", False)]), 4)
+        print(f"projected activation memory, MoLA + KD over plain LLaVA at full 7B depth with checkpointing: "
+              f"{summary['activation_kd_vs_plain_projected_7b']:.2f}x (a projection)")
+    print(json.dumps(summary))
 
 
 if __name__ == "__main__":
