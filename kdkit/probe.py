@@ -4,8 +4,10 @@ For every teacher of a recipe, on labelled samples of one stage's data: a linear
 ``linear_probe`` benchmark's logistic regression, :func:`kdkit_plugins.benchmarks.probes.linear_probe_classify`)
 is fitted on frozen, pooled features of part of the samples and scored on the rest; the same is done
 for the student's own features (``student.encode``: what distillation changes). A teacher's *gain*
-is its probe accuracy minus the student's. Next to it, its cost per image: GFLOPs (PyTorch's
-flop counter, one image) and milliseconds (median of timed batches). Teachers are ranked by gain;
+is its probe accuracy minus the student's (the stage's data may be the teachers' own training data:
+the accuracies are then optimistic, and teachers that fit it perfectly tie). Next to it, its cost per image: GFLOPs (PyTorch's
+flop counter, one image) and milliseconds (median of timed batches; noisy on a busy machine, which is
+why the budget is in GFLOPs). Teachers are ranked by gain, ties broken by the lower GFLOPs;
 the recommended set for a budget takes them in that order, skipping any without a positive gain
 or that would exceed the budget.
 """
@@ -123,7 +125,7 @@ def probe_accuracy(features: Tensor, labels: Tensor, held_fraction: float, seed:
 def probe_sources(sources: Mapping[str, Callable[[Tensor], Tensor]], student: str, images: Tensor, labels: Tensor,
                   held_fraction: float = 0.3, batch_size: int = 64, seed: int = 0, timing_batch: int = 16
                   ) -> list[ProbeRow]:
-    """Probe every feature source; rows ranked by gain (the student first).
+    """Probe every feature source; rows ranked by gain, ties by GFLOPs (the student first).
 
     Args:
         sources: ``{name: images (B, 3, H, W) -> tokens (B, N, C)}``, the student's among them.
@@ -142,7 +144,7 @@ def probe_sources(sources: Mapping[str, Callable[[Tensor], Tensor]], student: st
         widths[name] = features.shape[1]
     base = accuracy[student]
     rows = [ProbeRow(n, accuracy[n], accuracy[n] - base, *costs[n], widths[n]) for n in sources]
-    return sorted(rows, key=lambda r: (r.name != student, -r.gain))
+    return sorted(rows, key=lambda r: (r.name != student, -r.gain, r.gflops))  # ties: the cheaper first
 
 
 def recommend(rows: Sequence[ProbeRow], budget_gflops: float | None, student: str = STUDENT) -> list[str]:
