@@ -19,6 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--distill-set", action="append", default=[], metavar="PATH=VALUE",
                         help="override a value of the distilled recipe only, e.g. losses.fine.weight=1.0 (repeatable)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; 1 is faster on a busy machine)")
+    parser.add_argument("--student-epochs", type=float,
+                        help="epochs of every student run, alone and distilled (default: the recipes' own)")
     parser.add_argument("--split", choices=("val", "test"), default="val",
                         help="split every run is scored on: val to choose settings (default), test once per reported one")
     parser.add_argument("--distill-recipe", default="digits_3teachers.yaml",
@@ -32,11 +34,11 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    from experiments.digits.experiment import FULL, QUICK, run_experiment
+    from experiments.digits.experiment import FULL, QUICK, Budget, run_experiment
     from experiments.digits.report import write_report
 
     try:
-        results = run_experiment(args.output_dir, args.seeds, QUICK if args.quick else FULL, args.distill_set,
+        results = run_experiment(args.output_dir, args.seeds, QUICK if args.quick else (Budget(student_epochs=args.student_epochs) if args.student_epochs else FULL), args.distill_set,
                                  args.teachers_from, log=lambda line: print(line, file=sys.stderr),
                                  split=args.split, distill_recipe=args.distill_recipe)
     except KdkitError as exc:
