@@ -104,9 +104,10 @@ def twin_handles(tmp_path, **options):
 
 
 @pytest.mark.parametrize("placement", ["both", "parallel"])
-@pytest.mark.parametrize("spec", ["routed", "general_only"])
-def test_grouped_inference_equals_dense(tmp_path, images, placement, spec) -> None:
-    (grouped, g_handle), (dense, d_handle) = twin_handles(tmp_path, placement=placement)
+@pytest.mark.parametrize(("spec", "options"), [("routed", {}), ("general_only", {}),
+                                               ("routed", {"teacher_experts": False}), ("routed", {"gate": "prob"})])
+def test_grouped_inference_equals_dense(tmp_path, images, placement, spec, options) -> None:
+    (grouped, g_handle), (dense, d_handle) = twin_handles(tmp_path, placement=placement, **options)
     with torch.no_grad(), g_handle.routing(spec), d_handle.routing(spec):
         out, expected = grouped(images), dense(images)
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
