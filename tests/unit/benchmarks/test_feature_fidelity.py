@@ -44,8 +44,10 @@ class Student:
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         spec = self.handle.spec
-        if isinstance(spec, torch.Tensor):
+        if isinstance(spec, torch.Tensor):  # the forced passes as one batch
             rows = torch.eye(2)[spec]
+        elif isinstance(spec, int):  # one forced pass per teacher (the engine's choice on a CPU)
+            rows = torch.eye(2)[[spec] * len(images)]
         else:
             assert spec == "routed"
             rows = torch.ones(len(images), 2)
