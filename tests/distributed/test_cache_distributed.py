@@ -4,7 +4,6 @@ would, and a 2-process DDP run reading it matches the single-process online run.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,21 +15,8 @@ from safetensors.torch import load_file
 from kdkit.cache.command import cache_stage
 from kdkit.engine.monitor import read_metrics
 from kdkit.engine.run import run_recipe
+from twoproc import RECIPE, SETTINGS, free_port
 
-RECIPE = Path(__file__).parents[2] / "recipes" / "tiny" / "timm_two_teachers.yaml"
-SETTINGS = [
-    "stages.pretrain.max_steps=2", "stages.finetune.max_steps=2",
-    "stages.pretrain.batch.global_size=4", "stages.pretrain.batch.per_device=2",
-    "stages.finetune.batch.global_size=4", "stages.finetune.batch.per_device=2",
-    "stages.pretrain.data.size=16", "stages.finetune.data.size=16",
-    "stages.pretrain.losses=[task, fine, coarse]", "stages.finetune.losses=[task, fine, coarse]",
-]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def torchrun(*args: str) -> None:

@@ -17,7 +17,6 @@ tolerance.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -28,21 +27,8 @@ import torch
 from kdkit.engine.checkpoint import list_checkpoints, load_checkpoint, read_weights
 from kdkit.engine.monitor import read_metrics
 from kdkit.engine.run import run_recipe
+from twoproc import RECIPE, SETTINGS, free_port
 
-RECIPE = Path(__file__).parents[2] / "recipes" / "tiny" / "timm_two_teachers.yaml"
-SETTINGS = [
-    "stages.pretrain.max_steps=2", "stages.finetune.max_steps=2",
-    "stages.pretrain.batch.global_size=4", "stages.pretrain.batch.per_device=2",
-    "stages.finetune.batch.global_size=4", "stages.finetune.batch.per_device=2",
-    "stages.pretrain.data.size=16", "stages.finetune.data.size=16",
-    "stages.pretrain.losses=[task, fine, coarse]", "stages.finetune.losses=[task, fine, coarse]",
-]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,16 +16,13 @@ from kdkit.engine.best import read_best
 from kdkit.engine.checkpoint import BEST, load_checkpoint
 from kdkit.engine.monitor import read_evaluations, read_metrics
 from kdkit.engine.run import run_recipe
+from twoproc import RECIPE, free_port
+from twoproc import SETTINGS as BASE_SETTINGS
 
-RECIPE = Path(__file__).parents[2] / "recipes" / "tiny" / "timm_two_teachers.yaml"
 EVAL = {"benchmark": {"kind": "classification", "data": {"kind": "synthetic", "size": 16, "image_size": 32,
                                                           "num_classes": 4, "seed": 5}, "batch_size": 8}, "every": 1}
 SETTINGS = [
-    "stages.pretrain.max_steps=2", "stages.finetune.max_steps=2",
-    "stages.pretrain.batch.global_size=4", "stages.pretrain.batch.per_device=2",
-    "stages.finetune.batch.global_size=4", "stages.finetune.batch.per_device=2",
-    "stages.pretrain.data.size=16", "stages.finetune.data.size=16",
-    "stages.pretrain.losses=[task, fine, coarse]", "stages.finetune.losses=[task, fine, coarse]",
+    *BASE_SETTINGS,
     "runtime.checkpoint_every=10", "eval=" + json.dumps(EVAL),
 ]
 
@@ -35,12 +31,6 @@ SETTINGS = [
 def _needs_classification(registry) -> None:
     if not registry.has("benchmark", "classification"):
         pytest.skip("the classification benchmark plugin is not installed")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
