@@ -58,7 +58,7 @@ def run(count: int, registry):
         patch, width, blocks = TEACHERS[t]
         chains[t] = build_aligner_chain(registry, t, blocks, GridSpec(18 // patch, 18 // patch, width), context)
         context.teacher_specs[t], context.teacher_token_specs[t] = chains[t].out_spec, chains[t].token_spec
-    scorer = hawaii.build(hawaii.HawaiiConfig(), context)
+    scorer = hawaii.build(hawaii.HawaiiConfig(text_space="paper"), context)  # this student has no projector
     fine = fgkd.build(fgkd.FgkdConfig(), dataclasses.replace(context, name="fine"))
     coarse = cgkd.build(cgkd.CgkdConfig(), dataclasses.replace(context, name="coarse"))
     balance = load_balance.build(load_balance.LoadBalanceConfig(), dataclasses.replace(context, name="balance"))
