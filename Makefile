@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 # The miniature HAWAII reproduction (synthetic world, three expert teachers, four ablation rows, report):
-# about ten minutes on two CPU cores; rerunning reuses what is done. The report's path is printed last.
+# about seven minutes on two idle CPU cores; rerunning reuses what is done. The report's path is printed last.
 DEMO_ARGS ?=
 demo: $(STAMP)
 	$(PY) -m experiments.mini_hawaii $(DEMO_ARGS)
