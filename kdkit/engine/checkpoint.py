@@ -276,18 +276,19 @@ VOLATILE = ("runtime.output_dir", "runtime.data_root", "runtime.log_every", "run
             "eval.batch_size")
 
 
-def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
+def flat_items(data: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested dict as ``{"a.b.c": value}`` (lists and scalars are leaves)."""
     if isinstance(data, dict):
         out: dict[str, Any] = {}
         for key, value in data.items():
-            out.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
+            out.update(flat_items(value, f"{prefix}.{key}" if prefix else str(key)))
         return out
     return {prefix: data}
 
 
 def recipe_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """``path: saved -> current`` for every recipe value that differs (volatile runtime keys ignored)."""
-    old, new = _flat(saved), _flat(current)
+    old, new = flat_items(saved), flat_items(current)
     keys = sorted(k for k in old.keys() | new.keys() if not k.startswith(VOLATILE))
     absent = "<absent>"
     return [f"{k}: {old.get(k, absent)!r} -> {new.get(k, absent)!r}" for k in keys if old.get(k, absent) != new.get(k, absent)]

@@ -258,20 +258,13 @@ def _claim(directory: Path, name: str, block: dict[str, Any], limit: int | None)
 def _first_difference(found: Any, wanted: dict[str, Any]) -> str:
     if not isinstance(found, dict):
         return "benchmark.json is unreadable"
-    flat_found, flat_wanted = _flatten(found), _flatten(wanted)
+    from kdkit.engine.checkpoint import flat_items
+
+    flat_found, flat_wanted = flat_items(found), flat_items(wanted)
     for key in sorted(set(flat_found) | set(flat_wanted)):
         if flat_found.get(key) != flat_wanted.get(key):
             return f"{key}: {flat_found.get(key)!r} there, {flat_wanted.get(key)!r} now"
     return "unknown difference"
-
-
-def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(data, dict):
-        out: dict[str, Any] = {}
-        for key, value in data.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix.rstrip("."): data}
 
 
 def _atomic_write(path: Path, text: str) -> None:

@@ -14,6 +14,7 @@ the ``test`` block's.
 
 from __future__ import annotations
 
+import abc
 from pathlib import Path
 from typing import Any, Literal
 
@@ -184,7 +185,7 @@ def _linear_probe(train: Tensor, train_labels: Tensor, test: Tensor, classes: in
     return (test_x @ weight.T + bias).argmax(1), details
 
 
-class Probe:
+class Probe(abc.ABC):
     """A :class:`~kdkit.interfaces.ModelBenchmark` fitting a classifier on frozen train features.
 
     Args:
@@ -204,9 +205,9 @@ class Probe:
         self.batch_size, self.pool = batch_size, pool
         self.published: dict[str, float] = {}
 
+    @abc.abstractmethod
     def classify(self, train: Tensor, train_labels: Tensor, test: Tensor, classes: int) -> tuple[Tensor, dict[str, Any]]:
         """Predicted test classes ``(M,)`` and details; subclasses implement the probe."""
-        raise NotImplementedError
 
     def evaluate(self, subject: EvalSubject) -> Scores:
         """Top-1 accuracy (percent) on the test features; units: per-test-sample correctness by index."""
