@@ -81,7 +81,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     as ``kdkit run`` does before its first step.
     """
     from kdkit.recipe import load_recipe
-    from kdkit.recipe.check import check_fragment, dry_build, is_foreign, is_fragment, recipe_files
+    from kdkit.recipe.check import check_fragment, check_trainable, dry_build, is_foreign, is_fragment, recipe_files
 
     failed = 0
     for item in recipe_files(args.recipes):
@@ -101,13 +101,16 @@ def cmd_validate(args: argparse.Namespace) -> int:
                 prepare_validation(recipe, _registry(), str(path))
             if args.build:
                 dry_build(recipe, _registry())
+                scope = ", built"
+            else:  # the student's skeleton (no weights read): what could be checked is named
+                scope = f"; {check_trainable(recipe, _registry()).note()}"
         except KdkitError as exc:
             failed += 1
             print(f"error: {exc}" if str(exc).startswith("invalid recipe") else f"error: {path}: {exc}", file=sys.stderr)
             continue
         print(
             f"ok: {path} ({recipe.name}: {len(recipe.teachers)} teachers, "
-            f"{len(recipe.losses)} losses, stages {', '.join(recipe.stages)}{', built' if args.build else ''})"
+            f"{len(recipe.losses)} losses, stages {', '.join(recipe.stages)}{scope})"
         )
     return 1 if failed else 0
 

@@ -26,6 +26,10 @@ class CheckpointError(KdkitError):
     """A checkpoint is missing, corrupt, unsafe to read or does not fit the model."""
 
 
+class FilesNotFound(CheckpointError):
+    """A model file or directory the recipe names does not exist (here: it may exist where the run runs)."""
+
+
 class NonFiniteError(KdkitError):
     """A loss term or the features it reads hold NaN or inf (the engine stops or skips the step)."""
 

@@ -28,6 +28,10 @@ class Factory:
             and a tiny generic context are enough.
         requires: Modules ``build`` imports that kdkit does not require (an optional integration).
         extra: The kdkit extra that installs them (``pip install "kdkit[<extra>]"``).
+        skeleton: ``skeleton(config, context) -> object``: the same object as ``build`` with every
+            parameter on the meta device and no weight file read (configuration files only), so that
+            ``kdkit validate`` can see its module and parameter names. Raises
+            :class:`~kdkit.errors.FilesNotFound` when a file it needs is absent. None: not offered.
     """
 
     config: type[BaseModel]
@@ -35,6 +39,7 @@ class Factory:
     example: Callable[[Path], Example] | None = None
     requires: tuple[str, ...] = ()
     extra: str | None = None
+    skeleton: Callable[[Any, BuildContext], Any] | None = None
 
     @property
     def missing(self) -> tuple[str, ...]:

@@ -238,13 +238,34 @@ def _perturb(module: Any, seed: int) -> None:
                 tensor.add_(0.05 * torch.randn(tensor.shape, generator=gen).to(tensor))
 
 
+def _check_skeleton(kind: str, name: str, factory: Factory, built: Any, example: Example) -> None:
+    """The factory's skeleton has the built object's parameter names and shapes, every one on the meta device."""
+    import torch
+
+    config = factory.config.model_validate(copy.deepcopy(example.config))
+    with torch.device("meta"):
+        skeleton = factory.skeleton(config, example.context)  # type: ignore[misc]
+    real, meta = (_stateful_module(kind, b, example) for b in (built, skeleton))
+    if real is None or meta is None:
+        raise _fail(kind, name, "skeleton or build gives no module to compare")
+    shapes = {n: tuple(p.shape) for n, p in real.named_parameters()}
+    if {n: tuple(p.shape) for n, p in meta.named_parameters()} != shapes:
+        raise _fail(kind, name, "skeleton's parameter names or shapes differ from the build's")
+    on_disk = [n for n, p in meta.named_parameters() if not p.is_meta]
+    if on_disk:
+        raise _fail(kind, name, f"skeleton holds parameters off the meta device: {on_disk[:3]}")
+    if getattr(built, "feature_spec", None) != getattr(skeleton, "feature_spec", None):
+        raise _fail(kind, name, "skeleton's feature_spec differs from the build's")
+
+
 def check_plugin(kind: str, name: str, factory: Factory, tmp_path: Path | str) -> None:
     """Check one plugin against the contract of its kind.
 
     Checks: the factory is well formed (strict config, ``kind`` equal to ``name``); an unknown
     config key is rejected; the JSON schema renders; it builds from its example (or from defaults
     on a tiny context); the declared output shape holds; a state-dict round trip into a second
-    build reproduces the output.
+    build reproduces the output; a factory's ``skeleton`` has the build's parameter names and
+    shapes, on the meta device.
 
     Raises:
         ContractError: with the failing check in the message.
@@ -276,6 +297,8 @@ def check_plugin(kind: str, name: str, factory: Factory, tmp_path: Path | str) -
         return factory.build(config, example.context), example
 
     first, example1 = build(0)
+    if factory.skeleton is not None:
+        _check_skeleton(kind, name, factory, first, make_example(tmp_path / "build0"))
     if kind != "teacher":  # a teacher must be in eval mode by itself: the probe checks it
         _eval(_stateful_module(kind, first, example1))
     example1 = _with_default_inputs(kind, example1)

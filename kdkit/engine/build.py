@@ -127,6 +127,10 @@ def module_prefix(root: nn.Module, target: nn.Module) -> str:
     raise KdkitError(f"{type(target).__name__} is not a sub-module of {type(root).__name__}")
 
 
+#: The group of the KD heads' parameters (aligner chains, scorer, losses with parameters).
+HEADS_GROUP = "kd_heads"
+
+
 def parameter_groups(distiller: Distiller) -> dict[str, list[str]]:
     """Named groups of ``distiller`` parameter names: the student's own, ``adapters``, ``routers``, ``kd_heads``.
 
@@ -141,15 +145,21 @@ def parameter_groups(distiller: Distiller) -> dict[str, list[str]]:
     injected = {n for names in groups.values() for n in names}
     for group, names in distiller.plugin.parameter_groups().items():
         groups.setdefault(group, []).extend(n for n in ("student." + m for m in names) if n not in injected)
-    groups["kd_heads"] = [n for n, _ in distiller.heads.named_parameters(prefix="heads")]
+    groups[HEADS_GROUP] = [n for n, _ in distiller.heads.named_parameters(prefix="heads")]
     return groups
 
 
-def resolve_trainable(stage: str, wanted: list[str], distiller: nn.Module, groups: dict[str, list[str]]) -> dict[str, list[str]]:
+def resolve_trainable(stage: str, wanted: list[str], distiller: nn.Module, groups: dict[str, list[str]],
+                      unbuilt: tuple[str, ...] = ()) -> dict[str, list[str]]:
     """``{group or pattern: parameter names}`` for a stage's ``trainable`` list.
 
     Each entry is a group name, else a regular expression matched (``re.fullmatch``) against
     parameter names such as ``student.blocks.0.attn.qkv.weight``.
+
+    Args:
+        unbuilt: Name prefixes of parameters ``distiller`` lacks because they were not built (``kdkit
+            validate`` builds no KD heads: ``("heads.aligners.clip.", ...)``). The ``kd_heads`` group and a
+            regex that could match a name under one of them are left out of the result, not refused.
 
     Raises:
         KdkitError: an entry that matches nothing (the groups and example names are listed).
@@ -158,6 +168,8 @@ def resolve_trainable(stage: str, wanted: list[str], distiller: nn.Module, group
     chosen: dict[str, list[str]] = {}
     for i, entry in enumerate(wanted):
         if entry in groups:
+            if unbuilt and entry == HEADS_GROUP:
+                continue
             matched = groups[entry]
         else:
             try:
@@ -165,13 +177,31 @@ def resolve_trainable(stage: str, wanted: list[str], distiller: nn.Module, group
             except re.error as exc:
                 raise KdkitError(f"stages.{stage}.trainable[{i}] {entry!r} is neither a group nor a valid regex: {exc}") from None
             matched = [n for n in names if pattern.fullmatch(n)]
+            if not matched and any(may_match_under(entry, prefix) for prefix in unbuilt):
+                continue
         if not matched:
-            listed = ", ".join(f"{g} ({len(n)})" for g, n in groups.items())
+            empty = " (an empty group in this recipe)" if entry in groups else ""
             raise KdkitError(
-                f"stages.{stage}.trainable[{i}] {entry!r} matches no parameter; groups (parameter tensors): {listed}; "
+                f"stages.{stage}.trainable[{i}] {entry!r} matches no parameter{empty}; groups: {', '.join(groups)}; "
                 f"or a regular expression on names such as {', '.join(names[:3])}")
         chosen[entry] = matched
     return chosen
+
+
+def may_match_under(pattern: str, prefix: str) -> bool:
+    """Whether regex ``pattern`` could fully match some name that starts with ``prefix``.
+
+    Decided with the ``regex`` package's partial matching; True when that cannot be decided (the
+    package is missing, or its syntax differs from ``re``'s on ``pattern``).
+    """
+    try:
+        import regex
+    except ImportError:  # a transformers dependency, so present in practice
+        return True
+    try:
+        return regex.fullmatch(pattern, prefix, partial=True) is not None
+    except (regex.error, TypeError, ValueError):
+        return True
 
 
 def set_trainable(distiller: nn.Module, chosen: dict[str, list[str]]) -> None:

@@ -121,3 +121,65 @@ def dry_build(recipe: Any, registry: Registry) -> None:
             registry.build("data", stage.data.config, context)
     if not recipe.stages:
         raise KdkitError("the recipe has no stage")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainableScope:
+    """What :func:`check_trainable` could check: ``skipped`` entries (left to ``--build``), or why nothing."""
+
+    skipped: tuple[str, ...] = ()
+    not_checked: str | None = None
+
+    def note(self) -> str:
+        """The words ``kdkit validate`` prints after ``ok``."""
+        if self.not_checked is not None:
+            return (f"trainable lists not checked: {self.not_checked}; run `kdkit validate --build` where the "
+                    "student's files are")
+        if self.skipped:
+            entries = ", ".join(repr(e) for e in self.skipped)
+            return (f"trainable lists checked except {entries} (KD heads are built from the teachers: "
+                    "`kdkit validate --build`)")
+        return "trainable lists checked"
+
+
+def check_trainable(recipe: Any, registry: Registry) -> TrainableScope:
+    """Resolve every stage's trainable list as ``kdkit run`` does, against the student's *skeleton*.
+
+    The student (its factory's ``skeleton``: config files only, parameters on the meta device, no
+    weight file read) gets its adapters injected on the meta device; teachers are not built, so
+    neither are the KD heads (their sizes come from the teachers' output grids): the ``kd_heads``
+    group and a regex that could match a KD head's name are skipped. Every other entry resolves
+    through :func:`kdkit.engine.build.resolve_trainable` and fails with its message.
+
+    Raises:
+        KdkitError: an entry that ``kdkit run`` refuses, or a student or adapter that cannot be built.
+    """
+    import torch
+
+    from kdkit.engine import build
+    from kdkit.engine.step import Distiller
+    from kdkit.errors import FilesNotFound
+
+    kind = recipe.student.kind
+    skeleton = registry.factory("student", kind).skeleton
+    if skeleton is None:
+        return TrainableScope(not_checked=f"the {kind!r} student plugin offers no skeleton (a build without "
+                                          "its weights)")
+    context = build.base_context(recipe, torch.device("meta"))
+    try:
+        with torch.device("meta"):
+            student = skeleton(recipe.student.config, dataclasses.replace(context, name="student"))
+            adapters = {name: registry.build("adapter", block.config,
+                                             dataclasses.replace(context, name=name, model=student.adapter_target))
+                        for name, block in recipe.adapters.items()}
+    except FilesNotFound as exc:
+        return TrainableScope(not_checked=str(exc))
+    distiller = Distiller(student, adapters, {}, {}, None, {})
+    groups = build.parameter_groups(distiller)
+    unbuilt = (*(f"heads.aligners.{t}." for t in recipe.teachers), "heads.scorer.",
+               *(f"heads.losses.{name}." for name in recipe.losses))
+    skipped: list[str] = []
+    for name, stage in recipe.stages.items():
+        chosen = build.resolve_trainable(name, stage.trainable, distiller, groups, unbuilt)
+        skipped += [e for e in stage.trainable if e not in chosen and e not in skipped]
+    return TrainableScope(skipped=tuple(skipped))

@@ -153,6 +153,68 @@ def test_validate_build_checks_aligner_chains_against_the_student_grid(tiny_root
     assert "ok:" not in out
 
 
+def test_plain_validate_refuses_a_trainable_regex_run_refuses(tiny_root: Path, tmp_path: Path, capsys) -> None:
+    """Without --build (no checkpoint read): the student's skeleton resolves every trainable entry as run does."""
+    bad = r"stages.finetune.trainable=[adapters, 'student\.nowhere\..*']"
+    code, out, err = kdkit(capsys, "validate", RECIPE, "--set", bad)
+    line = refused(code, err, r"stages.finetune.trainable[1] 'student\\.nowhere\\..*' matches no parameter; groups: "
+                              "adapters, routers, head, vision_base, kd_heads; or a regular expression on names such as "
+                              "student.cls_token, student.pos_embed, student.patch_embed.proj.weight")
+    assert "ok:" not in out
+    code, _, err = kdkit(capsys, *run_args(tiny_root, tmp_path / "run", bad))
+    assert line == f"error: {RECIPE}: " + refused(code, err).removeprefix("error: ")  # word for word what run says
+    assert not (tmp_path / "run" / "checkpoints").exists() or not list_checkpoints(tmp_path / "run" / "checkpoints")
+    # a group the student lacks, a KD-head regex naming no teacher: refused too; an unmodified recipe says what it checked
+    code, _, err = kdkit(capsys, "validate", RECIPE, "--set", "stages.pretrain.trainable=[projector]")
+    refused(code, err, "stages.pretrain.trainable[0] 'projector' matches no parameter; groups: adapters")
+    code, _, err = kdkit(capsys, "validate", RECIPE, "--set", r"stages.pretrain.trainable=['heads\.aligners\.clipp\..*']")
+    refused(code, err, r"stages.pretrain.trainable[0] 'heads\\.aligners\\.clipp\\..*' matches no parameter")
+    code, out, _ = kdkit(capsys, "validate", RECIPE)
+    assert code == 0
+    assert out == (f"ok: {RECIPE} (timm_two_teachers: 2 teachers, 4 losses, stages pretrain, finetune; trainable lists "
+                   "checked except 'kd_heads' (KD heads are built from the teachers: `kdkit validate --build`))\n")
+    code, out, _ = kdkit(capsys, "validate", RECIPE, "--set", r"stages.pretrain.trainable=['heads\.aligners\.clip\..*']")
+    assert code == 0 and r"checked except 'heads\\.aligners\\.clip\\..*', 'kd_heads' (KD heads" in out
+
+
+def test_plain_validate_reads_no_student_weights(tiny_root: Path, tmp_path: Path, capsys) -> None:
+    """A student checkpoint that is not even readable: plain validate checks the structure, --build refuses it."""
+    garbage = tmp_path / "student.safetensors"
+    garbage.write_bytes(b"\x00not safetensors")
+    student = f"student.checkpoint={garbage}"
+    code, out, err = kdkit(capsys, "validate", RECIPE, "--set", student)
+    assert code == 0, err
+    assert "trainable lists checked except 'kd_heads'" in out
+    code, out, err = kdkit(capsys, "validate", "--build", RECIPE, *sets(student, f"runtime.data_root={tiny_root}"))
+    refused(code, err, f"student checkpoint {str(garbage)!r} is not readable")
+
+
+def test_plain_validate_of_a_llava_student_from_its_config_files(tmp_path: Path, capsys) -> None:
+    """The tiny HAWAII twin: LLaVA assembled from config files on the meta device (weights truncated to 10 bytes),
+    and, where the student's files are absent, ok with the reason the trainable lists were not checked."""
+    from kdkit_plugins.fixtures.llava import write_tiny_clip_vision, write_tiny_llm
+
+    recipe = ROOT / "recipes" / "tiny" / "hawaii" / "hawaii_7b.yaml"
+    write_tiny_clip_vision(tmp_path / "models" / "clip", seed=1)
+    write_tiny_llm(tmp_path / "models" / "llm", seed=2)
+    for weights in (tmp_path / "models").rglob("*.safetensors"):
+        weights.write_bytes(weights.read_bytes()[:10])
+    root = f"runtime.data_root={tmp_path}"
+    code, out, err = kdkit(capsys, "validate", recipe, "--set", root)
+    assert code == 0, err
+    assert out.endswith("stages pretrain, finetune; trainable lists checked except 'kd_heads' (KD heads are built "
+                        "from the teachers: `kdkit validate --build`))\n")
+    code, out, err = kdkit(capsys, "validate", recipe, *sets(root, r"stages.finetune.trainable=[llm, 'student\.model\.nothing.*']"))
+    refused(code, err, r"stages.finetune.trainable[1] 'student\\.model\\.nothing.*' matches no parameter; groups: adapters, "
+                       "routers, projector, vision_base, llm, kd_heads; or a regular expression on names such as "
+                       "student.model.vision_tower.embeddings.class_embedding")
+    code, out, err = kdkit(capsys, "validate", recipe, "--set", f"runtime.data_root={tmp_path / 'elsewhere'}")
+    assert code == 0, err
+    assert out.endswith(f"trainable lists not checked: student.vision: directory {str(tmp_path / 'elsewhere' / 'models' / 'clip')!r} "
+                        "does not exist (relative paths resolve against runtime.data_root); run `kdkit validate --build` "
+                        "where the student's files are)\n")
+
+
 def test_validate_takes_a_directory_with_fragments_and_foreign_configs(capsys) -> None:
     code, out, err = kdkit(capsys, "validate", ROOT / "recipes")
     assert code == 0, err

@@ -6,13 +6,14 @@ Instruction Tuning", CVPR 2024). Every bad input is refused here, naming the pat
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import nn
 
-from kdkit.errors import CheckpointError, KdkitError
+from kdkit.errors import CheckpointError, FilesNotFound, KdkitError
 
 if TYPE_CHECKING:
     from kdkit import BuildContext
@@ -37,11 +38,11 @@ def model_dir(context: BuildContext, value: str, field: str, needs: str = "confi
     """``value`` resolved against the data root; must be a directory holding ``needs``."""
     path = context.resolve(value)
     if not path.is_dir():
-        raise CheckpointError(f"student.{field}: directory {str(path)!r} does not exist (relative paths resolve "
-                              "against runtime.data_root)")
+        raise FilesNotFound(f"student.{field}: directory {str(path)!r} does not exist (relative paths resolve "
+                            "against runtime.data_root)")
     if not (path / needs).is_file():
-        raise CheckpointError(f"student.{field}: {str(path)!r} has no {needs}; give a directory written by "
-                              "transformers' save_pretrained")
+        raise FilesNotFound(f"student.{field}: {str(path)!r} has no {needs}; give a directory written by "
+                            "transformers' save_pretrained")
     return path
 
 
@@ -76,6 +77,21 @@ def _from_pretrained(cls: Any, path: Path, field: str, **kwargs: Any) -> Any:
         raise CheckpointError(f"student.{field}: {str(path)!r} does not hold every weight of its model: missing "
                               f"{missing[:5]}{' ...' if len(missing) > 5 else ''}, mismatched {mismatched[:5]}")
     return model
+
+
+def _from_config(cls: Any, path: Path, field: str, **kwargs: Any) -> Any:
+    """``cls`` built from ``path``'s ``config.json`` on the meta device: the parameter names and shapes of
+    :func:`_from_pretrained`'s model, no weight file read (``dtype`` and ``attn_implementation`` as there)."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except Exception as exc:  # noqa: BLE001 -- an unknown model_type, a config transformers cannot parse
+        raise CheckpointError(f"student.{field}: transformers cannot read {str(path / 'config.json')!r}: {exc}") from None
+    config._attn_implementation = kwargs.get("attn_implementation")
+    with torch.device("meta"):
+        build = getattr(cls, "from_config", None) or cls._from_config  # Auto classes / a model class
+        return build(config).to(kwargs.get("dtype", torch.float32))
 
 
 def load_tokenizer(path: Path, field: str) -> tuple[Any, int]:
@@ -122,11 +138,12 @@ def _fit_image_token(model: nn.Module, tokenizer: Any) -> None:
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
 
 
-def load_checkpoint(config: Any, context: BuildContext) -> Loaded:
-    """A saved ``LlavaForConditionalGeneration`` (``student.checkpoint``) and its tokenizer."""
-    from transformers import LlavaForConditionalGeneration
-
+def load_checkpoint(config: Any, context: BuildContext, weights: bool = True) -> Loaded:
+    """A saved ``LlavaForConditionalGeneration`` (``student.checkpoint``) and its tokenizer (``weights``
+    False: its skeleton on the meta device, see :func:`_from_config`)."""
     path = model_dir(context, config.checkpoint, "checkpoint")
+    from transformers import LlavaForConditionalGeneration  # after the cheap checks: a second to import
+
     raw = read_config(path, "checkpoint")
     if not isinstance(raw.get("vision_config"), dict):
         raise KdkitError(f"student.checkpoint: {str(path / 'config.json')!r} has no vision_config (model_type "
@@ -134,29 +151,33 @@ def load_checkpoint(config: Any, context: BuildContext) -> Loaded:
                          "student.vision (a CLIP directory) and student.language_model instead")
     tokenizer_field = "tokenizer" if config.tokenizer else "checkpoint"
     tokenizer, added = load_tokenizer(tokenizer_dir(config, context, path), tokenizer_field)
-    model = _from_pretrained(LlavaForConditionalGeneration, path, "checkpoint", dtype=DTYPES[config.torch_dtype],
-                             attn_implementation=config.attn_implementation)
+    load = _from_pretrained if weights else _from_config
+    model = load(LlavaForConditionalGeneration, path, "checkpoint", dtype=DTYPES[config.torch_dtype],
+                 attn_implementation=config.attn_implementation)
     check_tokenizer(tokenizer, model.config.text_config, tokenizer_field, added)
-    _fit_image_token(model, tokenizer)
+    with (nullcontext() if weights else torch.device("meta")):  # a skeleton grows its embeddings on the meta device too
+        _fit_image_token(model, tokenizer)
     return Loaded(model, tokenizer, *normalisation(path))
 
 
-def assemble(config: Any, context: BuildContext) -> Loaded:
-    """A CLIP vision tower + a causal LM joined by a fresh projector (LLaVA-1.5 stage 1)."""
+def assemble(config: Any, context: BuildContext, weights: bool = True) -> Loaded:
+    """A CLIP vision tower + a causal LM joined by a fresh projector (LLaVA-1.5 stage 1; ``weights`` False:
+    its skeleton on the meta device, see :func:`_from_config`)."""
+    vision_path = model_dir(context, config.vision, "vision")
+    llm_path = model_dir(context, config.language_model, "language_model")
     from transformers import AutoModel, AutoModelForCausalLM, LlavaConfig, LlavaForConditionalGeneration
     from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
-    vision_path = model_dir(context, config.vision, "vision")
-    llm_path = model_dir(context, config.language_model, "language_model")
     raw = read_config(vision_path, "vision")
     if "vision_config" not in raw and "image_size" not in raw:
         raise KdkitError(f"student.vision: {str(vision_path / 'config.json')!r} (model_type {raw.get('model_type')!r}) "
                          "describes no vision tower; give a CLIPVisionModel or CLIPModel directory")
     dtype = DTYPES[config.torch_dtype]
-    tower = _from_pretrained(AutoModel, vision_path, "vision", dtype=dtype, attn_implementation=config.attn_implementation)
+    load = _from_pretrained if weights else _from_config
+    tower = load(AutoModel, vision_path, "vision", dtype=dtype, attn_implementation=config.attn_implementation)
     tower = tower.get_encoder(modality="image")
-    llm = _from_pretrained(AutoModelForCausalLM, llm_path, "language_model", dtype=dtype,
-                           attn_implementation=config.attn_implementation)
+    llm = load(AutoModelForCausalLM, llm_path, "language_model", dtype=dtype,
+               attn_implementation=config.attn_implementation)
     tokenizer_field = "tokenizer" if config.tokenizer else "language_model"
     tokenizer, added = load_tokenizer(tokenizer_dir(config, context, llm_path), tokenizer_field)
     check_tokenizer(tokenizer, llm.config, tokenizer_field, added)
@@ -174,11 +195,13 @@ def assemble(config: Any, context: BuildContext) -> Loaded:
     model.model.vision_tower = tower
     model.model.language_model = llm.get_decoder()
     model.lm_head = llm.get_output_embeddings()
-    model.model.multi_modal_projector = LlavaMultiModalProjector(llava_config).to(dtype)  # fresh, nn.Linear init
+    with (nullcontext() if weights else torch.device("meta")):
+        model.model.multi_modal_projector = LlavaMultiModalProjector(llava_config).to(dtype)  # fresh, nn.Linear init
     model.config.vision_config, model.config.text_config = tower.config, llm.config
     leftover = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
-    if leftover:
+    if leftover and weights:
         raise KdkitError(f"student: assembling LLaVA left unloaded tensors {leftover[:5]}; this transformers "
                          "version lays LLaVA out differently than kdkit expects")
-    _fit_image_token(model, tokenizer)
+    with (nullcontext() if weights else torch.device("meta")):  # a skeleton grows its embeddings on the meta device too
+        _fit_image_token(model, tokenizer)
     return Loaded(model, tokenizer, *normalisation(vision_path))

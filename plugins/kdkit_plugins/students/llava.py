@@ -201,11 +201,16 @@ def _layers(module: nn.Module, count: int) -> list[nn.Module]:
     raise KdkitError(f"llava student: no list of {count} layers found in {type(module).__name__}")
 
 
-def build(config: LlavaStudentConfig, context: BuildContext) -> LlavaStudent:
-    """Load (or assemble) the LLaVA model and its tokenizer; check the feature layer."""
+def build(config: LlavaStudentConfig, context: BuildContext, weights: bool = True) -> LlavaStudent:
+    """Load (or assemble) the LLaVA model and its tokenizer; check the feature layer.
+
+    ``weights`` False builds the skeleton instead: the same model from the config files on the meta
+    device, no weight file read (``kdkit validate`` reads its parameter names).
+    """
     from kdkit_plugins.students._llava_assemble import assemble, load_checkpoint
 
-    loaded = load_checkpoint(config, context) if config.checkpoint is not None else assemble(config, context)
+    loaded = (load_checkpoint(config, context, weights) if config.checkpoint is not None
+              else assemble(config, context, weights))
     model_config = loaded.model.config
     layer = config.vision_feature_layer if config.vision_feature_layer is not None else model_config.vision_feature_layer
     strategy = config.vision_feature_select_strategy or model_config.vision_feature_select_strategy
@@ -215,6 +220,11 @@ def build(config: LlavaStudentConfig, context: BuildContext) -> LlavaStudent:
                          f"(use an integer in [{-(depth + 1)}, {depth}]; 0 is the embeddings)")
     model_config.vision_feature_layer, model_config.vision_feature_select_strategy = layer, strategy
     return LlavaStudent(loaded.model, loaded.tokenizer, loaded.mean, loaded.std, layer, strategy, config.template)
+
+
+def skeleton(config: LlavaStudentConfig, context: BuildContext) -> LlavaStudent:
+    """:func:`build` on the meta device from the config files and the tokenizer (no weight file read)."""
+    return build(config, context, weights=False)
 
 
 def example(tmp_dir: Path) -> Example:
@@ -228,4 +238,4 @@ def example(tmp_dir: Path) -> Example:
 
 @hookimpl
 def kdkit_students() -> dict[str, Factory]:
-    return {"llava": Factory(config=LlavaStudentConfig, build=build, example=example)}
+    return {"llava": Factory(config=LlavaStudentConfig, build=build, example=example, skeleton=skeleton)}

@@ -7,6 +7,7 @@ or a stage's feature map flattened to tokens); its task loss is cross-entropy.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Literal
 
@@ -181,10 +182,14 @@ def _read_weights(path: Path) -> dict[str, Tensor]:
     return state.get("state_dict", state) if isinstance(state, dict) else state
 
 
-def build(config: TimmStudentConfig, context: BuildContext) -> TimmStudent:
-    """Create the timm model (random init, or ``checkpoint`` loaded strictly) and trace its feature grid."""
-    model = create(config.model, config.model_kwargs)
-    if config.checkpoint is not None:
+def build(config: TimmStudentConfig, context: BuildContext, weights: bool = True) -> TimmStudent:
+    """Create the timm model (random init, or ``checkpoint`` loaded strictly) and trace its feature grid.
+
+    ``weights`` False builds the skeleton instead: the model on the meta device, ``checkpoint`` not read.
+    """
+    with (nullcontext() if weights else torch.device("meta")):
+        model = create(config.model, config.model_kwargs)
+    if config.checkpoint is not None and weights:
         path = context.resolve(config.checkpoint)
         result = model.load_state_dict(_read_weights(path), strict=False)
         if result.missing_keys or result.unexpected_keys:
@@ -207,6 +212,11 @@ def build(config: TimmStudentConfig, context: BuildContext) -> TimmStudent:
     return TimmStudent(model, layer, size, GridSpec(height, width, channels), mean, std, config.label_smoothing, fields)
 
 
+def skeleton(config: TimmStudentConfig, context: BuildContext) -> TimmStudent:
+    """:func:`build` on the meta device, ``checkpoint`` not read (``kdkit validate`` reads its parameter names)."""
+    return build(config, context, weights=False)
+
+
 #: A ViT small enough for tests: 32x32 input, 8x8 patches (a 4x4 grid), width 16, 2 blocks.
 TINY_KWARGS = {"img_size": 32, "patch_size": 8, "embed_dim": 16, "depth": 2, "num_heads": 2, "num_classes": 4}
 
@@ -224,4 +234,4 @@ def example(tmp_dir: Path) -> Example:
 
 @hookimpl
 def kdkit_students() -> dict[str, Factory]:
-    return {"timm": Factory(config=TimmStudentConfig, build=build, example=example)}
+    return {"timm": Factory(config=TimmStudentConfig, build=build, example=example, skeleton=skeleton)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from kdkit.engine import build
 from kdkit.engine.step import weighted_total
@@ -93,10 +94,32 @@ def test_trainable_patterns_and_counts(distiller) -> None:
 
 def test_trainable_entry_matching_nothing(distiller) -> None:
     groups = build.parameter_groups(distiller)
-    with pytest.raises(KdkitError, match=r"stages.s.trainable\[0\] 'llm' matches no parameter; groups .*adapters \(\d+\)"):
+    listed = ", ".join(groups)
+    with pytest.raises(KdkitError, match=rf"stages.s.trainable\[0\] 'llm' matches no parameter; groups: {listed}; or a "
+                                         r"regular expression on names such as student\."):
         build.resolve_trainable("s", ["llm"], distiller, groups)
     with pytest.raises(KdkitError, match=r"neither a group nor a valid regex"):
         build.resolve_trainable("s", ["student.(("], distiller, groups)
+    with pytest.raises(KdkitError, match=r"trainable\[0\] 'adapters' matches no parameter \(an empty group in this recipe\)"):
+        build.resolve_trainable("s", ["adapters"], distiller, {**groups, "adapters": []})
+
+
+def test_entries_that_could_name_unbuilt_parameters_are_left_out(distiller) -> None:
+    """``kdkit validate`` builds no KD heads: kd_heads and a regex that could match under ``unbuilt`` are skipped."""
+    groups = {**build.parameter_groups(distiller), "kd_heads": []}
+    student_only = nn.ModuleDict({"student": distiller.student})  # as validate builds it: no heads
+    unbuilt = ("heads.aligners.clip.", "heads.scorer.")
+    wanted = ["kd_heads", r"heads\.aligners\..*", r".*\.nowhere", r"student\.cls_token"]
+    chosen = build.resolve_trainable("s", wanted, student_only, groups, unbuilt)
+    assert chosen == {r"student\.cls_token": ["student.cls_token"]}
+    with pytest.raises(KdkitError, match=r"trainable\[0\] 'heads\\\\.aligners\\\\.sam\\\\..\*' matches no parameter"):
+        build.resolve_trainable("s", [r"heads\.aligners\.sam\..*"], student_only, groups, unbuilt)
+    with pytest.raises(KdkitError, match=r"trainable\[0\] 'kd_heads' matches no parameter \(an empty group"):
+        build.resolve_trainable("s", ["kd_heads"], student_only, groups)  # built: an empty kd_heads is refused
+    assert build.may_match_under(r"heads\.scorer\.proj\.weight", "heads.scorer.")
+    assert build.may_match_under(r".*weight", "heads.aligners.clip.")
+    assert not build.may_match_under(r"student\..*", "heads.aligners.clip.")
+    assert not build.may_match_under(r"heads\.aligners\.clipper\..*", "heads.aligners.clip.")
 
 
 def test_teachers_are_not_submodules(distiller) -> None:
