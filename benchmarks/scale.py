@@ -144,7 +144,7 @@ def child(config: str, checkpointing: bool, root: Path, args: argparse.Namespace
     from kdkit.engine import build
     from kdkit.engine.capabilities import data_capabilities
     from kdkit.engine.loader import to_device
-    from kdkit.engine.step import checkpoint_context, weighted_total
+    from kdkit.engine.step import weighted_total
     from kdkit.plugins import get_registry
     from kdkit.recipe import load_recipe
 
@@ -157,7 +157,7 @@ def child(config: str, checkpointing: bool, root: Path, args: argparse.Namespace
     groups = build.parameter_groups(distiller)
     build.set_trainable(distiller, build.resolve_trainable(STAGE, stage.trainable, distiller, groups))
     if checkpointing:  # as the trainer does
-        distiller.capabilities.checkpointing.enable_gradient_checkpointing(checkpoint_context(distiller.capabilities.replay))
+        distiller.enable_checkpointing(forced_passes=not args.layers_only)
     distiller.train()
     context = dataclasses.replace(build.base_context(recipe, device), name=STAGE, extras={"student": distiller.plugin})
     dataset = registry.build("data", stage.data.config, context)
@@ -240,15 +240,23 @@ def child(config: str, checkpointing: bool, root: Path, args: argparse.Namespace
     }
 
 
-# -- the parent: four processes, a table, JSON --------------------------------------------------
-def run_child(config: str, checkpointing: bool, root: Path, args: argparse.Namespace) -> dict[str, Any]:
+# -- the parent: one process per configuration, a table, JSON -----------------------------------
+#: (student, checkpointing) of each configuration, in table order. ``on`` for MoLA + KD is the
+#: engine's default with checkpointing (layers + each forced pass kept as its output only);
+#: ``layers`` is ``runtime.checkpoint_forced_passes: false`` (layers only).
+CONFIGS: tuple[tuple[str, str], ...] = (("plain", "off"), ("kd", "off"), ("plain", "on"), ("kd", "layers"), ("kd", "on"))
+LABELS = {"off": "ckpt off", "on": "ckpt on", "layers": "ckpt layers only"}
+
+
+def run_child(config: str, ckpt: str, root: Path, args: argparse.Namespace) -> dict[str, Any]:
     command = [sys.executable, "-m", "benchmarks.scale", "--child", config, "--root", str(root),
                "--batch", str(args.batch), "--steps", str(args.steps), "--tower-layers", str(args.tower_layers),
-               "--llm-layers", str(args.llm_layers), "--device", args.device, "--precision", args.precision] + (["--checkpointing"] if checkpointing else []) \
-        + (["--quick"] if args.quick else []) + (["--threads", str(args.threads)] if args.threads else [])
+               "--llm-layers", str(args.llm_layers), "--device", args.device, "--precision", args.precision]
+    command += (["--checkpointing"] if ckpt != "off" else []) + (["--layers-only"] if ckpt == "layers" else [])
+    command += (["--quick"] if args.quick else []) + (["--threads", str(args.threads)] if args.threads else [])
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=False)
     if done.returncode:
-        raise SystemExit(f"{config} (checkpointing {checkpointing}) failed:\n{done.stderr[-4000:]}")
+        raise SystemExit(f"{config} ({LABELS[ckpt]}) failed:\n{done.stderr[-4000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -256,20 +264,20 @@ def gib(n: float) -> str:
     return f"{n / GIB:.2f}"
 
 
-def report(results: dict[tuple[str, bool], dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
+def report(results: dict[tuple[str, str], dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
     first = next(iter(results.values()))
     print(f"student: CLIP tower {first['tower_layers']} layers, LLM {first['llm_layers']} layers, "
           f"{'CI-size widths' if args.quick else 'real 7B widths'}; {first['tokens']} tokens per sample, batch "
           f"{args.batch}, {args.precision} on {args.device}, {first['threads']} threads, {args.steps} timed step(s) after a warm-up; "
           f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    print(f"{'configuration':<28}{'step s':>9}{'activations GiB':>17}{'peak GiB':>10}{'recomputed':>12}")
+    print(f"{'configuration':<32}{'step s':>9}{'activations GiB':>17}{'peak GiB':>10}{'peak - built':>14}{'recomputed':>12}")
     for (config, ckpt), r in results.items():
-        name = f"{'MoLA + KD' if config == 'kd' else 'plain LLaVA'}, ckpt {'on' if ckpt else 'off'}"
-        print(f"{name:<28}{statistics.median(r['step_seconds']):>9.1f}{gib(r['activation_bytes']):>17}"
-              f"{gib(r['peak_rss_bytes']):>10}{r['recomputed_layers']:>12}")
-    for ckpt in (False, True):
+        name = f"{'MoLA + KD' if config == 'kd' else 'plain LLaVA'}, {LABELS[ckpt]}"
+        print(f"{name:<32}{statistics.median(r['step_seconds']):>9.1f}{gib(r['activation_bytes']):>17}"
+              f"{gib(r['peak_rss_bytes']):>10}{gib(r['peak_rss_bytes'] - r['built_rss_bytes']):>14}{r['recomputed_layers']:>12}")
+    for ckpt in ("off", "layers", "on"):
         kd = results[("kd", ckpt)]
-        print(f"phases of one MoLA + KD step, checkpointing {'on' if ckpt else 'off'} (s): "
+        print(f"phases of one MoLA + KD step, {LABELS[ckpt]} (s): "
               + ", ".join(f"{k} {v:.2f}" for k, v in kd["phases"].items()))
         print(f"  activations by phase/layer region (GiB): "
               + ", ".join(f"{k} {gib(v)}" for k, v in sorted(kd["saved_by_phase"].items()) if v > GIB / 1000))
@@ -277,16 +285,27 @@ def report(results: dict[tuple[str, bool], dict[str, Any]], args: argparse.Names
     def step(r: dict[str, Any]) -> float:
         return statistics.median(r["step_seconds"])
 
-    on_kd, on_plain = results[("kd", True)], results[("plain", True)]
+    def ratio(a: dict[str, Any], b: dict[str, Any], key: str = "activation_bytes") -> float:
+        return round(a[key] / b[key], 4)
+
+    def above_built(r: dict[str, Any]) -> int:
+        return max(r["peak_rss_bytes"] - r["built_rss_bytes"], 1)
+
+    kd, layers, plain = results[("kd", "on")], results[("kd", "layers")], results[("plain", "on")]
+    key = {(c, k): f"{c}_ckpt_{k}" for c, k in results}
     return {
-        "activation_kd_vs_plain": round(on_kd["activation_bytes"] / on_plain["activation_bytes"], 4),
-        "step_kd_vs_plain": round(step(on_kd) / step(on_plain), 4),
-        "recomputed_layers": on_kd["recomputed_layers"],
-        "recomputed_layers_plain": on_plain["recomputed_layers"],
-        "activation_gib": {f"{c}_ckpt_{'on' if k else 'off'}": round(r["activation_bytes"] / GIB, 3) for (c, k), r in results.items()},
-        "peak_gib": {f"{c}_ckpt_{'on' if k else 'off'}": round(r["peak_rss_bytes"] / GIB, 3) for (c, k), r in results.items()},
-        "step_s": {f"{c}_ckpt_{'on' if k else 'off'}": round(step(r), 2) for (c, k), r in results.items()},
-        "activation_kd_vs_plain_ckpt_off": round(results[("kd", False)]["activation_bytes"] / results[("plain", False)]["activation_bytes"], 4),
+        "activation_kd_vs_plain": ratio(kd, plain),
+        "step_kd_vs_plain": round(step(kd) / step(plain), 4),
+        "recomputed_layers": kd["recomputed_layers"],
+        "recomputed_layers_plain": plain["recomputed_layers"],
+        "activation_kd_layers_only_vs_plain": ratio(layers, plain),
+        "step_forced_ckpt_vs_layers_only": round(step(kd) / step(layers), 4),
+        "peak_above_built_kd_vs_plain": round(above_built(kd) / above_built(plain), 4),
+        "activation_gib": {key[k]: round(r["activation_bytes"] / GIB, 3) for k, r in results.items()},
+        "peak_gib": {key[k]: round(r["peak_rss_bytes"] / GIB, 3) for k, r in results.items()},
+        "peak_above_built_gib": {key[k]: round(above_built(r) / GIB, 3) for k, r in results.items()},
+        "step_s": {key[k]: round(step(r), 2) for k, r in results.items()},
+        "activation_kd_vs_plain_ckpt_off": ratio(results[("kd", "off")], results[("plain", "off")]),
         "tower_layers": first["tower_layers"], "llm_layers": first["llm_layers"], "tokens": first["tokens"],
         "batch": args.batch, "load_average": round(os.getloadavg()[0], 2),
     }
@@ -317,9 +336,10 @@ def projection(off: dict[str, Any]) -> list[dict[str, Any]]:
         llm_layer = llm_token_layer * m["width"] * TOKENS
         logits = TOKENS * m["vocab"] * 8  # fp32 logits and their float copy for the loss
         off_sample = BF16_SHARE * (TOWER_LAYERS * (1 + TEACHERS) * tower_layer + m["layers"] * llm_layer) + logits + extras
-        inputs = 4 * (TOWER_LAYERS * (1 + TEACHERS) * TOWER_TOKENS * TOWER_WIDTH + m["layers"] * TOKENS * m["width"])
-        on_sample = inputs + logits + extras
-        transient = BF16_SHARE * max(llm_layer, tower_layer)  # one layer recomputed at a time
+        on_sample = checkpointed_bytes(m) + logits + extras
+        # in the backward: one layer recomputed at a time, or one forced pass's layer inputs + one of its layers
+        transient = max(BF16_SHARE * max(llm_layer, tower_layer), 4 * TOWER_LAYERS * TOWER_TOKENS * TOWER_WIDTH
+                        + BF16_SHARE * tower_layer)
         for strategy, shard in (("DDP", 1), ("FSDP2", GPUS)):
             for ckpt in (False, True):
                 acts = m["per_device"] * (on_sample + transient if ckpt else off_sample)
@@ -330,18 +350,24 @@ def projection(off: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def projected_ratio(off: dict[str, Any], plain: dict[str, Any], model: str = "7B") -> float:
+def checkpointed_bytes(m: dict[str, Any]) -> float:
+    """fp32 bytes MoLA + KD keeps per sample under checkpointing (the engine's default): each decoder
+    layer's input, each tower layer's input in the routed pass, and each forced pass's output."""
+    return 4 * ((TOWER_LAYERS + TEACHERS) * TOWER_TOKENS * TOWER_WIDTH + m["layers"] * TOKENS * m["width"])
+
+
+def projected_ratio(off: dict[str, Any], model: str = "7B") -> float:
     """Projected activation memory of MoLA + KD over plain LLaVA, both with checkpointing, at full depth.
 
     Plain LLaVA's stage 2 keeps each decoder layer's input and the logits; MoLA + KD adds each
-    tower layer's input in the routed and the ``N_t`` forced passes (the tower trains) and what the
-    teachers' aligners, the scorer and the losses keep (measured, ``off``).
+    tower layer's input in the routed pass (the tower trains), each forced pass's output, and what
+    the teachers' aligners, the scorer and the losses keep (measured, ``off``).
     """
     m = FULL[model]
     extras = sum(v for k, v in off["saved_by_phase"].items() if k.split("/")[0] in ("teachers", "scorer + losses"))
-    base = 4 * m["layers"] * TOKENS * m["width"] + TOKENS * m["vocab"] * 8
-    kd = base + 4 * TOWER_LAYERS * (1 + TEACHERS) * TOWER_TOKENS * TOWER_WIDTH + extras
-    return kd / base
+    logits = TOKENS * m["vocab"] * 8
+    base = 4 * m["layers"] * TOKENS * m["width"] + logits
+    return (checkpointed_bytes(m) + logits + extras) / base
 
 
 def print_projection(rows: list[dict[str, Any]]) -> None:
@@ -366,6 +392,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="CI-size widths (checks the script only)")
     parser.add_argument("--child", choices=sorted(RECIPES), help=argparse.SUPPRESS)
     parser.add_argument("--checkpointing", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--layers-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--root", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -373,11 +400,11 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory(prefix="kdkit-scale-") as tmp:
         root = write_models(Path(tmp), args)
-        results = {(c, k): run_child(c, k, root, args) for k in (False, True) for c in ("plain", "kd")}
+        results = {(c, k): run_child(c, k, root, args) for c, k in CONFIGS}
     summary = report(results, args)
     if not args.quick:
-        print_projection(projection(results[("kd", False)]))
-        summary["activation_kd_vs_plain_projected_7b"] = round(projected_ratio(results[("kd", False)], results[("plain", False)]), 4)
+        print_projection(projection(results[("kd", "off")]))
+        summary["activation_kd_vs_plain_projected_7b"] = round(projected_ratio(results[("kd", "off")]), 4)
         print(f"projected activation memory, MoLA + KD over plain LLaVA at full 7B depth with checkpointing: "
               f"{summary['activation_kd_vs_plain_projected_7b']:.2f}x (a projection)")
     print(json.dumps(summary))

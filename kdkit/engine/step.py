@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from einops import rearrange, repeat
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from kdkit.engine.capabilities import Capabilities, capabilities_of
 from kdkit.engine.teacher_pass import Absent, NoDistilledSamples, OnlineTeachers, teacher_pass
@@ -144,6 +145,7 @@ class Distiller(nn.Module):
         self.adapters = dict(adapters)
         self.capabilities = capabilities or capabilities_of(student, self.adapters)
         self.forced_teachers: int | None = None  # runtime.forced_teachers: k teachers' forced passes per step
+        self.checkpoint_forced = False  # runtime.checkpoint_forced_passes: keep only each forced pass's output
         self.source: TeacherSource = source if source is not None else OnlineTeachers(teachers)
         self.teacher_order: tuple[str, ...] = tuple(chains)
         self.chains = dict(chains)
@@ -182,6 +184,25 @@ class Distiller(nn.Module):
         aligned ``Î_i^T`` (see :func:`kdkit.engine.teacher_pass.teacher_pass`)."""
         teacher_pass(self.source, self.chains, images, ids, step)
 
+    def enable_checkpointing(self, forced_passes: bool = True) -> None:
+        """Activation checkpointing: the student recomputes its layers in the backward (MoLA routes
+        replayed), and, when ``forced_passes``, each forced pass keeps only its output features.
+
+        A forced pass under layer checkpointing still keeps every tower layer's input for the
+        backward (``N_t`` passes x ``L_v`` layers x ``(B, m + 1, D)``); with ``forced_passes`` it
+        keeps its ``(B, m, D)`` output and runs its forward once more in the backward, one teacher
+        at a time, so at most one pass's layer inputs are alive then.
+
+        Raises:
+            KdkitError: the student cannot recompute its layers.
+        """
+        student = self.capabilities.checkpointing
+        if student is None:
+            raise KdkitError("activation checkpointing: the student does not support it (it has no "
+                             "enable_gradient_checkpointing)")
+        student.enable_gradient_checkpointing(checkpoint_context(self.capabilities.replay))
+        self.checkpoint_forced = forced_passes
+
     def forced_pass(self, images: Tensor, teachers: Sequence[str] | None = None) -> dict[str, Tensor]:
         """``(B, 3, H, W)`` -> ``{teacher: (B, m, D)}`` for every teacher expert (or those in ``teachers``):
         one pass over ``N_t * B`` images, or one pass per teacher where that is faster (:func:`forced_batching`)."""
@@ -193,17 +214,24 @@ class Distiller(nn.Module):
         experts = [k for k, name in enumerate(names) if teachers is None or name in teachers]
         order = tuple(names[k] for k in experts)
         if not forced_batching(images.device):
-            features = {}
-            for k in experts:
-                with routing(handles, k):
-                    features[names[k]] = self.plugin.encode(images)
-            return features
+            return {names[k]: self._forced_encode(images, handles, k) for k in experts}
         batch = images.shape[0]
         index = torch.tensor(experts, device=images.device).repeat_interleave(batch)
-        with routing(handles, index):
-            features = self.plugin.encode(repeat(images, "b c h w -> (t b) c h w", t=len(order)))
+        features = self._forced_encode(repeat(images, "b c h w -> (t b) c h w", t=len(order)), handles, index)
         chunks = rearrange(features, "(t b) m d -> t b m d", t=len(order))
         return {name: chunks[k] for k, name in enumerate(order)}
+
+    def _forced_encode(self, images: Tensor, handles: list[Any], spec: int | Tensor) -> Tensor:
+        """``(N, 3, H, W)`` -> ``(N, m, D)`` with every expert adapter forced by ``spec``; recomputed in the
+        backward instead of kept when forced passes are checkpointed (:meth:`enable_checkpointing`)."""
+
+        def encode(pixels: Tensor) -> Tensor:
+            with routing(handles, spec):
+                return self.plugin.encode(pixels)
+
+        if self.checkpoint_forced and torch.is_grad_enabled():
+            return checkpoint(encode, images, use_reentrant=False)
+        return encode(images)
 
     def sample_forced(self) -> dict[str, float] | None:
         """This step's random ``k`` of the ``N_t`` teacher experts (``runtime.forced_teachers``), each with

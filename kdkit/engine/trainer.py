@@ -65,6 +65,8 @@ def out_of_memory_message(name: str, stage_step: int, stage: Stage, runtime: Run
     on: list[str] = []  # those already in use (named so that nobody recommends them again)
     if runtime.gradient_checkpointing:
         on.append("runtime.gradient_checkpointing: true")
+        if runtime.checkpoint_forced_passes is False:
+            off.append("runtime.checkpoint_forced_passes: true")
     else:
         off.append("runtime.gradient_checkpointing: true")
     if runtime.precision == "fp32":
@@ -115,13 +117,10 @@ class Trainer:
         self.meter = state.Meter(world)
         self.scaler = torch.amp.GradScaler(world.device.type) if self.runtime.precision == "fp16" else None
         if recipe.runtime.gradient_checkpointing:
-            student = distiller.capabilities.checkpointing
-            if student is None:
+            if distiller.capabilities.checkpointing is None:
                 raise KdkitError(f"runtime.gradient_checkpointing: the {recipe.student.kind!r} student does not "
                                  "support it (it has no enable_gradient_checkpointing)")
-            from kdkit.engine.step import checkpoint_context
-
-            student.enable_gradient_checkpointing(checkpoint_context(distiller.capabilities.replay))
+            distiller.enable_checkpointing(forced_passes=recipe.runtime.checkpoint_forced_passes is not False)
 
     # stages ----------------------------------------------------------------------------------
     def fit(self, resume: Checkpoint | None = None) -> None:

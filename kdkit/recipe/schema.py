@@ -125,6 +125,13 @@ class Runtime(Strict):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Device (auto: cuda when available).")
     distributed: Distributed = Field(default_factory=Distributed, description="Multi-process settings.")
     gradient_checkpointing: bool = Field(False, description="Recompute student activations in the backward pass.")
+    checkpoint_forced_passes: bool | None = Field(
+        None,
+        description="With gradient_checkpointing: keep only the output of each teacher's forced student pass "
+        "(I_i^S) and run the pass once more in the backward, one teacher at a time, instead of keeping its tower "
+        "layers' inputs (saves N_t - 1 passes' layer inputs at the peak for one more tower forward per teacher "
+        "per step; `python -m benchmarks.scale` measures both). null: on whenever gradient_checkpointing is; "
+        "true without gradient_checkpointing is refused.")
     forced_teachers: int | None = Field(
         None, gt=0,
         description="Run the forced student passes (I_i^S) for a random k of the N_t teachers each step, drawn "
@@ -144,6 +151,13 @@ class Runtime(Strict):
         "`online` ignores the cache.")
     teacher_cache_append: bool = Field(
         False, description="In hybrid mode, write the outputs computed for missing samples into the cache as new shards.")
+
+    @model_validator(mode="after")
+    def _forced_checkpointing_needs_checkpointing(self) -> Runtime:
+        if self.checkpoint_forced_passes and not self.gradient_checkpointing:
+            raise ValueError("checkpoint_forced_passes: true needs gradient_checkpointing: true (a forced pass "
+                             "recomputed whole, without layer checkpointing, would hold all its layers at once)")
+        return self
 
 
 class Eval(Strict):

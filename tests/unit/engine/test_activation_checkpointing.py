@@ -98,8 +98,17 @@ def hawaii_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_hawaii(tmp_path_factory.mktemp("tiny_hawaii"))
 
 
-def observe(checkpointing: bool, root: Path, out: Path, registry: Any) -> Observed:
-    """Run the twin (one step per stage) with or without activation checkpointing, watching the student."""
+#: The three settings compared: no checkpointing, layer checkpointing only, and (the default with
+#: checkpointing) layers + each forced pass kept as its output only.
+SETTINGS: dict[str, list[str]] = {
+    "off": ["runtime.gradient_checkpointing=false"],
+    "layers": ["runtime.gradient_checkpointing=true", "runtime.checkpoint_forced_passes=false"],
+    "forced": ["runtime.gradient_checkpointing=true"],
+}
+
+
+def observe(setting: str, root: Path, out: Path, registry: Any) -> Observed:
+    """Run the twin (one step per stage) under one of :data:`SETTINGS`, watching the student."""
     seen = Observed()
     build = engine_run.build_distiller
     clip = Trainer.clip
@@ -127,17 +136,16 @@ def observe(checkpointing: bool, root: Path, out: Path, registry: Any) -> Observ
         patch.setattr(Trainer, "clip", clipping)
         patch.setattr(Trainer, "fit", fitted)
         run_dir = engine_run.run_recipe(
-            TWIN, [f"runtime.data_root={root}", f"runtime.output_dir={out}",
-                   f"runtime.gradient_checkpointing={str(checkpointing).lower()}", *ONE_STEP],
+            TWIN, [f"runtime.data_root={root}", f"runtime.output_dir={out}", *SETTINGS[setting], *ONE_STEP],
             registry=registry, tensorboard=False, progress=False, report=False)
     seen.losses = [dict(r["losses"]) for r in read_metrics(run_dir)]
     return seen
 
 
 @pytest.fixture(scope="module")
-def runs(hawaii_root: Path, tmp_path_factory: pytest.TempPathFactory, registry) -> dict[bool, Observed]:
+def runs(hawaii_root: Path, tmp_path_factory: pytest.TempPathFactory, registry) -> dict[str, Observed]:
     out = tmp_path_factory.mktemp("checkpointing_runs")
-    return {flag: observe(flag, hawaii_root, out / f"checkpointing_{flag}", registry) for flag in (False, True)}
+    return {name: observe(name, hawaii_root, out / name, registry) for name in SETTINGS}
 
 
 def test_the_student_trains_in_train_mode_and_the_teachers_stay_in_eval(runs) -> None:
@@ -147,18 +155,22 @@ def test_the_student_trains_in_train_mode_and_the_teachers_stay_in_eval(runs) ->
 
 
 def test_checkpointing_recomputes_the_student_layers(runs) -> None:
-    """Each step runs the tower twice (routed, then the forced pass) and the LM once; with
+    """Each step runs the tower twice (routed, then the forced pass) and the LM once; with layer
     checkpointing the backward runs every layer again, except the top tower layer in the forced
-    pass: only its routers reach the loss (load balance), and the forced pass routes nothing."""
-    plain, checkpointed = runs[False].calls, runs[True].calls
-    tower = runs[True].tower_layers
+    pass: only its routers reach the loss (load balance), and the forced pass routes nothing. With
+    the forced pass checkpointed too, the backward first runs the whole forced pass again (its top
+    layer included) and then recomputes its layers as before: one more tower forward per step."""
+    plain, layers_only, forced = runs["off"].calls, runs["layers"].calls, runs["forced"].calls
+    tower = runs["forced"].tower_layers
     layers = sorted(plain)
-    assert layers == sorted(checkpointed) and len(layers) == tower + 2  # 3 tower + 2 decoder layers
+    assert layers == sorted(layers_only) == sorted(forced) and len(layers) == tower + 2  # 3 tower + 2 decoder layers
     steps = 2  # one per stage
     assert [plain[i] for i in layers] == [2 * steps] * tower + [steps] * 2
     expected = [2 * plain[i] for i in layers]
     expected[tower - 1] = plain[tower - 1] + steps  # the top tower layer: recomputed for the routed pass only
-    assert [checkpointed[i] for i in layers] == expected
+    assert [layers_only[i] for i in layers] == expected
+    again = [steps] * tower + [0, 0]  # the forced pass's whole forward, once more per step
+    assert [forced[i] for i in layers] == [e + a for e, a in zip(expected, again, strict=True)]
 
 
 def split(routes: list[tuple[str, str, str, dict[str, Tensor]]], phase: str) -> Iterator[tuple[str, str, dict[str, Tensor]]]:
@@ -166,22 +178,25 @@ def split(routes: list[tuple[str, str, str, dict[str, Tensor]]], phase: str) -> 
     return ((block, mode, choices) for p, block, mode, choices in routes if p == phase)
 
 
-def test_recomputation_replays_every_route(runs) -> None:
-    """Every block recomputed in the backward follows the route and top-1 choices of its forward."""
-    assert all(not list(split(step, "backward")) for step in runs[False].routes)
-    for step in runs[True].routes:
+@pytest.mark.parametrize(("setting", "forced_again"), [("layers", 2), ("forced", 5)])
+def test_recomputation_replays_every_route(runs, setting: str, forced_again: int) -> None:
+    """Every block recomputed in the backward follows the route and top-1 choices of its forward
+    (a checkpointed forced pass runs its 3 blocks once more, then its 2 lower ones as layers)."""
+    assert all(not list(split(step, "backward")) for step in runs["off"].routes)
+    for step in runs[setting].routes:
         forward = {(block, mode): choices for block, mode, choices in split(step, "forward")}
         assert Counter(mode for _, mode in forward) == {"routed": 3, "index": 3}  # 3 blocks: routed and forced
         replayed = list(split(step, "backward"))
-        assert Counter(mode for _, mode, _ in replayed) == {"routed": 3, "index": 2}
+        assert Counter(mode for _, mode, _ in replayed) == {"routed": 3, "index": forced_again}
         for block, mode, choices in replayed:
             original = forward[(block, mode)]
             assert choices.keys() == original.keys() == ({"teacher", "general"} if mode == "routed" else set())
             assert all(torch.equal(choices[g], original[g]) for g in choices), (block, mode)
 
 
-def test_losses_and_gradients_are_bit_identical(runs) -> None:
-    plain, checkpointed = runs[False], runs[True]
+@pytest.mark.parametrize("setting", ["layers", "forced"])
+def test_losses_and_gradients_are_bit_identical(runs, setting: str) -> None:
+    plain, checkpointed = runs["off"], runs[setting]
     assert checkpointed.losses == plain.losses and len(plain.losses) == 2
     for grads, reference in zip(checkpointed.grads, plain.grads, strict=True):
         assert grads.keys() == reference.keys() and grads

@@ -217,6 +217,27 @@ def test_out_of_memory_with_every_saving_on_names_what_is_left(tiny_recipe, regi
         "true, runtime.precision: bf16, runtime.distributed.strategy: fsdp2")
 
 
+def test_out_of_memory_with_forced_passes_kept_recommends_checkpointing_them(tiny_recipe, registry) -> None:
+    from kdkit.recipe import load_recipe
+
+    recipe = load_recipe(tiny_recipe, ["stages.finetune.batch.per_device=1", "runtime.gradient_checkpointing=true",
+                                       "runtime.checkpoint_forced_passes=false", "runtime.precision=bf16",
+                                       "runtime.distributed.strategy=fsdp2"], registry=registry)
+    message = trainer_module.out_of_memory_message("finetune", 0, recipe.stages["finetune"], recipe.runtime,
+                                                   torch.device("cuda", 0))
+    assert message == (
+        "out of memory in stage 'finetune' step 1 with batch.per_device=1 on cuda:0: set "
+        "runtime.checkpoint_forced_passes: true; already on: runtime.gradient_checkpointing: true, "
+        "runtime.precision: bf16, runtime.distributed.strategy: fsdp2")
+
+
+def test_forced_pass_checkpointing_needs_layer_checkpointing(tiny_recipe, registry) -> None:
+    from kdkit.recipe import load_recipe
+
+    with pytest.raises(KdkitError, match="checkpoint_forced_passes: true needs gradient_checkpointing: true"):
+        load_recipe(tiny_recipe, ["runtime.checkpoint_forced_passes=true"], registry=registry)
+
+
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_reduced_precision_runs_on_cpu(fast, registry, monkeypatch, precision) -> None:
     """bf16 autocast works on CPU; fp16 too, with a gradient scaler (checkpointed) that owns overflow steps."""
