@@ -137,7 +137,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         overrides.append(f"runtime.data_root={args.data_root}")
     from kdkit.catalog import find_recipe
 
-    run_recipe(find_recipe(args.recipe), overrides, resume=args.resume)
+    run_recipe(find_recipe(args.recipe), overrides, resume=args.resume, break_lock=args.break_lock)
     return 0
 
 
@@ -274,6 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
     p.add_argument("--output-dir", help="run directory (overrides runtime.output_dir)")
     p.add_argument("--data-root", help="directory relative paths resolve against (overrides runtime.data_root)")
+    p.add_argument("--break-lock", action="store_true", help="take over the run directory's lock held by a run on "
+                   "another host, however recent its heartbeat (check first that run is gone)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("export", help="write a run's student for inference", description=cmd_export.__doc__)

@@ -272,8 +272,8 @@ def latest_checkpoint(directory: Path) -> Path:
 
 #: Settings that may change between a run and its resumption.
 VOLATILE = ("runtime.output_dir", "runtime.data_root", "runtime.log_every", "runtime.checkpoint_every",
-            "runtime.keep_last", "runtime.num_workers", "runtime.device", "description", "eval.every",
-            "eval.batch_size")
+            "runtime.keep_last", "runtime.num_workers", "runtime.device", "runtime.lock_timeout", "description",
+            "eval.every", "eval.batch_size")
 
 
 def flat_items(data: Any, prefix: str = "") -> dict[str, Any]:

@@ -122,7 +122,7 @@ def seed_everything(seed: int) -> None:
 
 def run_recipe(recipe_path: str | Path, overrides: Iterable[str] = (), resume: bool = False,
                registry: Registry | None = None, tensorboard: bool = True, progress: bool = True,
-               report: bool = True) -> Path:
+               report: bool = True, break_lock: bool = False) -> Path:
     """Train the recipe at ``recipe_path`` (with ``--set`` overrides); returns the run directory.
 
     Args:
@@ -133,6 +133,8 @@ def run_recipe(recipe_path: str | Path, overrides: Iterable[str] = (), resume: b
         tensorboard: Use the default TensorBoard logger when the recipe names no ``loggers``.
         progress: Show a progress bar.
         report: Write the end-of-run report.
+        break_lock: Take over the run directory's lock even when its owner on another host still beats
+            (``kdkit run --break-lock``: the user checked that run is gone); a live run on this host is still refused.
     """
     if registry is None:
         from kdkit.plugins import get_registry
@@ -147,7 +149,7 @@ def run_recipe(recipe_path: str | Path, overrides: Iterable[str] = (), resume: b
         run_dir = run_dir_of(recipe)
         if world.main:  # one live run per directory: taken before anything is read or written
             make_run_dir(run_dir)
-            held = lock.acquire(run_dir)
+            held = lock.acquire(run_dir, recipe.runtime.lock_timeout, break_lock=break_lock)
         fresh = check_run_dir(run_dir, resume, world.main)
         checkpoint = find_resume(run_dir, recipe_data) if not fresh else None
         world.barrier()  # every rank checked the directory before rank 0 writes into it

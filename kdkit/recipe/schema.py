@@ -121,6 +121,10 @@ class Runtime(Strict):
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Autocast precision of the student (teachers use their own dtype).")
     seed: int = Field(0, description="Seed of every random generator.")
     output_dir: str = Field("runs/{name}", description="Run directory; `{name}` is the recipe name.")
+    lock_timeout: float = Field(
+        600.0, gt=0, description="Seconds without a heartbeat after which the lock of a run on another host is "
+        "stale and taken over (the owner refreshes it every lock_timeout / 4 s, at most every minute); a run on "
+        "this host is checked by its pid instead.")
     data_root: str = Field(".", description="Directory that relative checkpoint and data paths are resolved against.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Device (auto: cuda when available).")
     distributed: Distributed = Field(default_factory=Distributed, description="Multi-process settings.")

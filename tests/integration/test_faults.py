@@ -16,6 +16,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -251,10 +252,6 @@ def test_a_live_lock_is_refused_and_a_stale_one_taken_over(straight: Path, tiny_
         (run_dir / "run.lock").write_text(json.dumps({"host": socket.gethostname(), "pid": pid, "started": "t"}))
         code, _, err = kdkit(capsys, *run_args(tiny_root, run_dir), "--resume")
         refused(code, err, f"run directory {run_dir} is in use by another kdkit run (pid {pid} on this host")
-    (run_dir / "run.lock").write_text(json.dumps({"host": "elsewhere", "pid": 1, "started": "t"}))
-    code, _, err = kdkit(capsys, *run_args(tiny_root, run_dir), "--resume")
-    refused(code, err, "in use by another kdkit run (pid 1 on host elsewhere", f"delete {run_dir / 'run.lock'}")
-    assert snapshot(run_dir) == before
     stale = dead_pid()
     (run_dir / "run.lock").write_text(json.dumps({"host": socket.gethostname(), "pid": stale, "started": "t"}))
     code, _, err = kdkit(capsys, *run_args(tiny_root, run_dir), "--resume")
@@ -262,6 +259,35 @@ def test_a_live_lock_is_refused_and_a_stale_one_taken_over(straight: Path, tiny_
     assert f"taking over the stale lock {run_dir / 'run.lock'} (pid {stale}" in err
     assert not (run_dir / "run.lock").exists()  # released at the end
     assert snapshot(run_dir) == before  # the run was complete: nothing to add, nothing changed
+
+
+def test_a_lock_from_another_host_is_refused_while_it_beats_then_taken_over(straight: Path, tiny_root: Path,
+                                                                           tmp_path: Path, capsys) -> None:
+    """A run on another host cannot be checked by its pid: its heartbeat decides (runtime.lock_timeout)."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(straight, run_dir)
+    before = snapshot(run_dir)
+    lock_file = run_dir / "run.lock"
+    owner = {"host": "node7", "pid": 4242, "started": "2026-01-01T00:00:00+0000"}
+    lock_file.write_text(json.dumps({**owner, "heartbeat": time.time() - 30}))
+    code, _, err = kdkit(capsys, *run_args(tiny_root, run_dir), "--resume")
+    refused(code, err, f"error: run directory {run_dir} is in use by another kdkit run (pid 4242 on host node7 since "
+                       "2026-01-01T00:00:00+0000, last heartbeat 30 s ago); wait for it to end or stop it (if it died, "
+                       "its lock is taken over once its heartbeat is older than runtime.lock_timeout, 600 s; "
+                       "`kdkit run --break-lock` takes it over now)")
+    assert snapshot(run_dir) == before and json.loads(lock_file.read_text())["host"] == "node7"
+    code, _, err = kdkit(capsys, *run_args(tiny_root, run_dir, "runtime.lock_timeout=20"), "--resume")
+    assert code == 0, err
+    assert (f"taking over the stale lock {lock_file} of pid 4242 on host node7 since 2026-01-01T00:00:00+0000, last "
+            "heartbeat 30 s ago (over runtime.lock_timeout, 20 s)") in err.splitlines()
+    assert not lock_file.exists() and snapshot(run_dir) == before
+    lock_file.write_text(json.dumps({**owner, "heartbeat": time.time()}))
+    code, _, err = kdkit(capsys, *run_args(tiny_root, run_dir), "--resume", "--break-lock")
+    assert code == 0, err
+    assert f"breaking the lock {lock_file} of pid 4242 on host node7" in err and "Traceback" not in err
+    assert not lock_file.exists() and snapshot(run_dir) == before
+    code, _, err = kdkit(capsys, "validate", RECIPE, "--set", "runtime.lock_timeout=0")
+    refused(code, err, "runtime.lock_timeout")
 
 
 def test_a_run_that_died_before_its_first_checkpoint_starts_again(tiny_root: Path, straight: Path, tmp_path: Path,
