@@ -76,9 +76,11 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     """Validate recipes (files, or directories searched recursively); report every problem of every file.
 
-    Fragments (``_name.yaml``) are checked for what they hold; ``--build`` also builds every component
-    (teacher checkpoints are read), resolves each stage's trainable list and opens each stage's data,
-    as ``kdkit run`` does before its first step.
+    Fragments (``_name.yaml``) are checked for what they hold. Each stage's trainable list is resolved
+    against the student built from its configuration files (no weights read; the KD heads are left
+    to ``--build``, and the ``ok`` line says what was not checked). ``--build`` also builds every
+    component (teacher checkpoints are read), resolves each stage's trainable list and opens each
+    stage's data, as ``kdkit run`` does before its first step.
     """
     from kdkit.recipe import load_recipe
     from kdkit.recipe.check import check_fragment, check_trainable, dry_build, is_foreign, is_fragment, recipe_files

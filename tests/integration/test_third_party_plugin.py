@@ -62,7 +62,7 @@ def test_recipe_using_it_validates_and_typos_are_caught(site, tmp_path) -> None:
         stages:
           main:
             data: {kind: synthetic}
-            trainable: [adapters]
+            trainable: [head]
             optimizer: {lr: 1.0e-3}
             batch: {global_size: 4, per_device: 4}
         """))
