@@ -151,6 +151,9 @@ def check_trainable(recipe: Any, registry: Registry) -> TrainableScope:
     group and a regex that could match a KD head's name are skipped. Every other entry resolves
     through :func:`kdkit.engine.build.resolve_trainable` and fails with its message.
 
+    A student whose files are absent, or a student or adapter plugin that fails on the meta device
+    with anything but a :class:`KdkitError`, leaves the lists unchecked, with the reason.
+
     Raises:
         KdkitError: an entry that ``kdkit run`` refuses, or a student or adapter that cannot be built.
     """
@@ -174,6 +177,12 @@ def check_trainable(recipe: Any, registry: Registry) -> TrainableScope:
                         for name, block in recipe.adapters.items()}
     except FilesNotFound as exc:
         return TrainableScope(not_checked=str(exc))
+    except KdkitError:
+        raise  # a recipe problem run would meet as well
+    except Exception as exc:  # noqa: BLE001 -- a plugin that cannot build on the meta device: --build still can
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return TrainableScope(not_checked=f"the student could not be built on the meta device "
+                                          f"({type(exc).__name__}{': ' + reason if reason else ''})")
     distiller = Distiller(student, adapters, {}, {}, None, {})
     groups = build.parameter_groups(distiller)
     unbuilt = (*(f"heads.aligners.{t}." for t in recipe.teachers), "heads.scorer.",
