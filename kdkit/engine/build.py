@@ -191,13 +191,11 @@ def resolve_trainable(stage: str, wanted: list[str], distiller: nn.Module, group
 def may_match_under(pattern: str, prefix: str) -> bool:
     """Whether regex ``pattern`` could fully match some name that starts with ``prefix``.
 
-    Decided with the ``regex`` package's partial matching; True when that cannot be decided (the
-    package is missing, or its syntax differs from ``re``'s on ``pattern``).
+    Decided with the ``regex`` package's partial matching; True when that cannot be decided (its
+    syntax differs from ``re``'s on ``pattern``).
     """
-    try:
-        import regex
-    except ImportError:  # a transformers dependency, so present in practice
-        return True
+    import regex
+
     try:
         return regex.fullmatch(pattern, prefix, partial=True) is not None
     except (regex.error, TypeError, ValueError):
