@@ -1,7 +1,7 @@
 """Scale rehearsal: the HAWAII-7B student at its real widths through the engine's step on CPU.
 
-    python -m benchmarks.scale                    # CLIP-L/14-336 (4 of 24 layers), Llama 4096 (1 layer), batch 1
-    python -m benchmarks.scale --tower-layers 24 --llm-layers 2   # the whole tower (slow on a CPU)
+    python -m benchmarks.scale                    # CLIP-L/14-336 (all 24 layers), Llama 4096 (2 layers), batch 1
+    python -m benchmarks.scale --tower-layers 4 --llm-layers 1    # a quarter of the time: 4 tower layers
     python -m benchmarks.scale --quick            # CI-size widths: checks the script, measures nothing
     python -m benchmarks.scale --projection-only  # the 8-GPU projection table from the built-in per-layer figures
 
@@ -45,6 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import weakref
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -98,9 +99,8 @@ class Meter:
     """What one step showed: time and saved bytes per phase, layer recomputations."""
 
     seconds: dict[str, float] = dataclasses.field(default_factory=lambda: defaultdict(float))
-    saved: dict[str, int] = dataclasses.field(default_factory=lambda: defaultdict(int))
     stack: list[list[Any]] = dataclasses.field(default_factory=list)
-    storages: set[int] = dataclasses.field(default_factory=set)
+    kept: list[tuple[Any, str]] = dataclasses.field(default_factory=list)
     region: str = "other"
     recomputed: int = 0
 
@@ -122,12 +122,27 @@ class Meter:
         return self.stack[-1][0] if self.stack else "other"
 
     def keep(self, tensor: Any) -> None:
-        """Count ``tensor``'s storage once, under the current phase and layer region."""
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() in self.storages or storage.nbytes() == 0:
-            return
-        self.storages.add(storage.data_ptr())
-        self.saved[f"{self.current}/{self.region}"] += storage.nbytes()
+        """Note ``tensor`` (saved for the backward) under the current phase and layer region."""
+        if tensor.untyped_storage().nbytes():
+            self.kept.append((weakref.ref(tensor), f"{self.current}/{self.region}"))
+
+    def held(self) -> dict[str, int]:
+        """Bytes per phase/region of the noted tensors still alive: each storage once, where first noted.
+
+        A tensor saved by a graph that is already gone (a detached score's graph, or the layer
+        inputs a whole-pass checkpoint drops after its forward) no longer counts.
+        """
+        saved: dict[str, int] = defaultdict(int)
+        storages: set[int] = set()
+        for ref, where in self.kept:
+            tensor = ref()
+            if tensor is None:
+                continue
+            storage = tensor.untyped_storage()
+            if storage.data_ptr() not in storages:
+                storages.add(storage.data_ptr())
+                saved[where] += storage.nbytes()
+        return dict(saved)
 
 
 def timed(meter: Meter, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -206,15 +221,16 @@ def child(config: str, checkpointing: bool, root: Path, args: argparse.Namespace
 
     steps = []
     for step in range(1 + args.steps):
-        meter.seconds.clear(), meter.saved.clear(), meter.storages.clear()
+        meter.seconds.clear(), meter.kept.clear()
         meter.recomputed = 0
         distiller.zero_grad(set_to_none=True)
         sync()
         start = time.perf_counter()
         with meter.phase("routed pass"), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast:
-            losses, _ = distiller(batch)
+            losses, context = distiller(batch)  # held through the backward, as the trainer holds it
         total = weighted_total({n: losses[n] for n in distiller.active}, weights)
         sync()
+        saved = meter.held()
         state["backward"] = True
         with meter.phase("backward"):
             total.backward()
@@ -222,7 +238,7 @@ def child(config: str, checkpointing: bool, root: Path, args: argparse.Namespace
         state["backward"] = False
         seconds = time.perf_counter() - start
         if step:  # the first step warms up allocators and lazy initialisation
-            steps.append({"seconds": seconds, "phases": dict(meter.seconds), "saved": dict(meter.saved),
+            steps.append({"seconds": seconds, "phases": dict(meter.seconds), "saved": saved,
                           "recomputed": meter.recomputed, "loss": float(total)})
     last = steps[-1]
     return {
@@ -264,6 +280,14 @@ def gib(n: float) -> str:
     return f"{n / GIB:.2f}"
 
 
+def deeper(r: dict[str, Any], layers: int) -> float:
+    """Activation bytes of configuration ``r`` (checkpointing on) with ``layers`` decoder layers instead of
+    the measured ones: under checkpointing each decoder layer keeps only its input, so every layer adds
+    the measured per-layer bytes (``routed pass/llm`` over the measured layer count)."""
+    per_layer = r["saved_by_phase"].get("routed pass/llm", 0) / r["llm_layers"]
+    return r["activation_bytes"] + (layers - r["llm_layers"]) * per_layer
+
+
 def report(results: dict[tuple[str, str], dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
     first = next(iter(results.values()))
     print(f"student: CLIP tower {first['tower_layers']} layers, LLM {first['llm_layers']} layers, "
@@ -293,8 +317,14 @@ def report(results: dict[tuple[str, str], dict[str, Any]], args: argparse.Namesp
 
     kd, layers, plain = results[("kd", "on")], results[("kd", "layers")], results[("plain", "on")]
     key = {(c, k): f"{c}_ckpt_{k}" for c, k in results}
+    deep = {name: deeper(r, FULL["7B"]["layers"]) for name, r in (("kd", kd), ("layers", layers), ("plain", plain))}
+    print(f"extrapolated to the 7B's {FULL['7B']['layers']} decoder layers (each checkpointed layer keeps one more input "
+          f"of the measured size; GiB): plain {gib(deep['plain'])}, MoLA + KD {gib(deep['kd'])} "
+          f"({deep['kd'] / deep['plain']:.2f}x), layers only {gib(deep['layers'])} ({deep['layers'] / deep['plain']:.2f}x)")
     return {
         "activation_kd_vs_plain": ratio(kd, plain),
+        "activation_kd_vs_plain_32_layers": round(deep["kd"] / deep["plain"], 4),
+        "activation_kd_layers_only_vs_plain_32_layers": round(deep["layers"] / deep["plain"], 4),
         "step_kd_vs_plain": round(step(kd) / step(plain), 4),
         "recomputed_layers": kd["recomputed_layers"],
         "recomputed_layers_plain": plain["recomputed_layers"],
@@ -382,8 +412,8 @@ def print_projection(rows: list[dict[str, Any]]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tower-layers", type=int, default=4, help="CLIP layers at real width (the real tower has 24)")
-    parser.add_argument("--llm-layers", type=int, default=1, help="Llama layers at 4096 width (7B has 32)")
+    parser.add_argument("--tower-layers", type=int, default=24, help="CLIP layers at real width (the real tower has 24)")
+    parser.add_argument("--llm-layers", type=int, default=2, help="Llama layers at 4096 width (7B has 32)")
     parser.add_argument("--batch", type=int, default=1, help="samples per micro-batch")
     parser.add_argument("--steps", type=int, default=1, help="timed steps per configuration, after one warm-up")
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: torch's)")

@@ -13,8 +13,10 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pydantic
+import torch
 from einops import rearrange
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from kdkit.errors import KdkitError
 from kdkit.interfaces import BuildContext, GridSpec
@@ -57,8 +59,17 @@ class AlignerChain(nn.Module):
         self.token_spec = specs[self.token_steps]
         self.out_spec = specs[-1]
 
+    #: Keep only the chain's outputs for the backward and run it again there (set by
+    #: :meth:`kdkit.engine.step.Distiller.enable_checkpointing`).
+    checkpointed: bool = False
+
     def forward(self, grid: Tensor) -> AlignedTokens:
         """``(B, H, W, C)`` -> tokens ``(B, m, C')`` and aligned ``(B, m, D)``."""
+        if self.checkpointed and torch.is_grad_enabled():
+            return AlignedTokens(*checkpoint(self._run, grid, use_reentrant=False))
+        return self._run(grid)
+
+    def _run(self, grid: Tensor) -> AlignedTokens:
         tokens = grid
         for i, step in enumerate(self.steps):
             if i == self.token_steps:

@@ -16,6 +16,7 @@ from einops import rearrange, repeat
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from kdkit.align import AlignerChain
 from kdkit.engine.capabilities import Capabilities, capabilities_of
 from kdkit.engine.teacher_pass import Absent, NoDistilledSamples, OnlineTeachers, teacher_pass
 from kdkit.errors import KdkitError, NonFiniteError
@@ -186,7 +187,8 @@ class Distiller(nn.Module):
 
     def enable_checkpointing(self, forced_passes: bool = True) -> None:
         """Activation checkpointing: the student recomputes its layers in the backward (MoLA routes
-        replayed), and, when ``forced_passes``, each forced pass keeps only its output features.
+        replayed), every aligner chain keeps only its outputs, and, when ``forced_passes``, each
+        forced pass keeps only its output features.
 
         A forced pass under layer checkpointing still keeps every tower layer's input for the
         backward (``N_t`` passes x ``L_v`` layers x ``(B, m + 1, D)``); with ``forced_passes`` it
@@ -201,6 +203,9 @@ class Distiller(nn.Module):
             raise KdkitError("activation checkpointing: the student does not support it (it has no "
                              "enable_gradient_checkpointing)")
         student.enable_gradient_checkpointing(checkpoint_context(self.capabilities.replay))
+        for chain in self.chains.values():
+            if isinstance(chain, AlignerChain):
+                chain.checkpointed = True
         self.checkpoint_forced = forced_passes
 
     def forced_pass(self, images: Tensor, teachers: Sequence[str] | None = None) -> dict[str, Tensor]:

@@ -110,6 +110,9 @@ class HawaiiScorer(nn.Module):
 
     def forward(self, step: StepContext, teacher: str) -> Tensor:
         """``(B, m)`` scores for ``teacher`` (rows sum to 1)."""
+        if self.detach and torch.is_grad_enabled():  # no loss reaches detached scores: build no graph to keep
+            with torch.no_grad():
+                return self.forward(step, teacher)
         if teacher not in step.teacher_aligned:
             known = ", ".join(step.teacher_aligned) or "none"
             raise KdkitError(f"hawaii scorer: no aligned tokens for teacher {teacher!r} (have: {known})")

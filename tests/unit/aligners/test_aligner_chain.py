@@ -75,3 +75,28 @@ def test_step_build_errors_carry_the_recipe_path(registry) -> None:
 def test_projection_before_reaching_the_student_grid_is_refused(registry) -> None:
     with pytest.raises(KdkitError, match=r"teachers\.eva\.align\[0\] \(mlp\): projects the 6x6 grid before it reaches"):
         build_aligner_chain(registry, "eva", [{"kind": "mlp"}, {"kind": "pixel_unshuffle"}], GridSpec(6, 6, 3), CONTEXT)
+
+
+def test_a_checkpointed_chain_keeps_only_its_outputs_and_runs_again_in_the_backward(registry) -> None:
+    """Same outputs and gradients; no intermediate of the chain is saved for the backward; the backward runs
+    the chain again (up to the last step whose saved tensors it needs: torch stops recomputing early)."""
+    spec, blocks = TEACHERS["convnext"]
+    grid = torch.randn(2, spec.height, spec.width, spec.channels)
+    results = {}
+    for checkpointed in (False, True):
+        torch.manual_seed(0)
+        chain = build_aligner_chain(registry, "convnext", blocks, spec, CONTEXT)
+        chain.checkpointed = checkpointed
+        calls = []
+        for step in chain.steps:
+            step.register_forward_hook(lambda *_: calls.append(1))
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.shape) or t, lambda t: t):
+            tokens, aligned = chain(grid)
+        (aligned.square().sum() + tokens.sum()).backward()
+        results[checkpointed] = (aligned.detach(), {n: p.grad for n, p in chain.named_parameters()}, len(calls), saved)
+    (plain, plain_grads, plain_calls, plain_saved), (kept, grads, calls, saved) = results[False], results[True]
+    assert torch.equal(kept, plain) and grads.keys() == plain_grads.keys()
+    assert all(torch.equal(grads[n], plain_grads[n]) for n in grads)
+    assert plain_calls == 3 and 3 < calls <= 6
+    assert len(plain_saved) == 4 and saved == [grid.shape]  # the checkpoint keeps the chain's input only
