@@ -1,7 +1,8 @@
 """``python -m experiments.mini_hawaii [--quick|--full] [--seeds N] [--output-dir DIR]``: the mini-HAWAII demo.
 
-Writes the synthetic world, trains the three expert teachers, trains the four ablation rows in the
-two HAWAII stages through the engine, evaluates them on held-out questions and writes a report.
+Writes the synthetic world, trains the three expert teachers (each on its own pool of images), trains
+the four ablation rows in the two HAWAII stages through the engine, evaluates them on the held-out
+validation and test questions and writes a report (test table, paired intervals over seeds).
 Rerunning with the same options reuses finished phases and resumes a half-done run.
 """
 
@@ -44,12 +45,16 @@ def parser() -> argparse.ArgumentParser:
                                 "synthetic visual-QA world, three expert teachers, four ablation rows, a report.")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="a tiny smoke profile for tests (1 seed, a few steps)")
-    size.add_argument("--full", action="store_true", help="more seeds (5) for tighter error bars")
+    size.add_argument("--full", action="store_true", help="more seeds (5) for tighter intervals")
     p.add_argument("--seeds", type=_bounded("--seeds", 1, MAX_SEEDS), help="seeds per row (default: the profile's)")
     p.add_argument("--train-images", type=_bounded("--train-images", 16, 20000),
                    help="training images of the world (default: the profile's)")
     p.add_argument("--test-images", type=_bounded("--test-images", 8, 5000),
-                   help="held-out images of the world (default: the profile's)")
+                   help="held-out test images of the world (default: the profile's)")
+    p.add_argument("--val-images", type=_bounded("--val-images", 8, 5000),
+                   help="held-out validation images, the split settings are chosen on (default: the profile's)")
+    p.add_argument("--expert-images", type=_bounded("--expert-images", 16, 50000),
+                   help="images of the experts' own training pool (default: the profile's)")
     p.add_argument("--world-seed", type=_bounded("--world-seed", 0, 2**31 - 1), default=0,
                    help="seed of the synthetic world (default 0)")
     p.add_argument("--jobs", type=_bounded("--jobs", 1, MAX_JOBS), default=2,
@@ -64,7 +69,9 @@ def main(argv: list[str] | None = None) -> Path:
     args = parser().parse_args(argv)
     profile = PROFILES["quick" if args.quick else "full" if args.full else "default"]
     changes = {k: v for k, v in {"seeds": args.seeds, "train_images": args.train_images,
-                                 "test_images": args.test_images, "world_seed": args.world_seed}.items() if v is not None}
+                                 "test_images": args.test_images, "val_images": args.val_images,
+                                 "expert_images": args.expert_images, "world_seed": args.world_seed}.items()
+               if v is not None}
     profile = dataclasses.replace(profile, **changes)
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

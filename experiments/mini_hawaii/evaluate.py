@@ -1,6 +1,6 @@
 """Held-out evaluation of an exported student through kdkit's evaluation layer, and routing by content.
 
-The held-out questions are scored by the ``qa_jsonl`` benchmark plugin (``kdkit eval`` with the
+The held-out questions (of the ``val`` and ``test`` splits) are scored by the ``qa_jsonl`` benchmark plugin (``kdkit eval`` with the
 same block gives the same numbers): greedy answers, first word lower-cased with punctuation
 stripped, equal to the answer; accuracy per question type. Answers are written to the job's
 ``eval/`` directory as they come, so an interrupted evaluation resumes.
@@ -16,29 +16,32 @@ import torch
 from experiments.mini_hawaii.world import ASPECTS, WorldFiles, read_jsonl, read_scenes
 
 
-def benchmark_block(files: WorldFiles) -> dict[str, Any]:
-    """The ``qa_jsonl`` block that scores the world's held-out questions."""
-    return {"kind": "qa_jsonl", "questions": str(files.path("questions")), "answers": str(files.path("answers")),
+def benchmark_block(files: WorldFiles, split: str = "test") -> dict[str, Any]:
+    """The ``qa_jsonl`` block that scores the world's held-out questions of ``split`` (``val`` or ``test``)."""
+    questions, answers = files.qa(split)
+    return {"kind": "qa_jsonl", "questions": str(questions), "answers": str(answers),
             "images": str(files.path("images")), "match": "first_word", "max_new_tokens": 3}
 
 
-def answer_questions(student: Any, files: WorldFiles, directory: Path | None = None, batch: int = 128) -> dict[str, Any]:
-    """Every held-out question answered and scored: ``{"accuracy": {type: fraction, "overall": fraction},
-    "answers": [{question_id, category, raw, answer, correct}]}``."""
+def answer_questions(student: Any, files: WorldFiles, directory: Path | None = None, batch: int = 128,
+                     split: str = "test") -> dict[str, Any]:
+    """Every held-out question of ``split`` answered and scored: ``{"accuracy": {type: fraction, "overall":
+    fraction}, "answers": [{question_id, category, raw, answer, correct}]}``."""
     from kdkit.evaluation import build_benchmark, evaluate
     from kdkit.interfaces import EvalSubject
 
-    block = benchmark_block(files)
+    block = benchmark_block(files, split)
     result = evaluate(EvalSubject(student, dict(getattr(student, "kdkit_adapters", {}))), build_benchmark(block),
                       "qa_jsonl", block, directory, batch_size=batch, progress=False)
     metrics = result.scores.metrics
     table = {c: metrics[f"accuracy/{c}"] / 100 for c in ASPECTS if f"accuracy/{c}" in metrics}
     table["overall"] = metrics["accuracy"] / 100
-    truth = {str(a["question_id"]): a["answer"] for a in read_jsonl(files.path("answers"))}
+    question_file, answer_file = files.qa(split)
+    truth = {str(a["question_id"]): a["answer"] for a in read_jsonl(answer_file)}
     raw = _predictions(directory) if directory is not None else {}
     answers = [{"question_id": q["question_id"], "category": q["category"], "raw": raw.get(str(q["question_id"])),
                 "answer": truth[str(q["question_id"])], "correct": result.scores.units[str(q["question_id"])] == 100.0}
-               for q in read_jsonl(files.path("questions"))]
+               for q in read_jsonl(question_file)]
     return {"accuracy": table, "answers": answers}
 
 
@@ -47,19 +50,19 @@ def _predictions(directory: Path) -> dict[str, str]:
 
 
 @torch.no_grad()
-def routing_by_content(student: Any, files: WorldFiles, batch: int = 128) -> dict[str, Any] | None:
+def routing_by_content(student: Any, files: WorldFiles, batch: int = 128, split: str = "val") -> dict[str, Any] | None:
     """Fraction of image tokens the teacher-expert router sends to each teacher, by aspect value.
 
     Returns ``{"teachers": [...], "by_value": {aspect: {value: [fraction per teacher]}}, "blocks":
-    {block: [fraction per teacher]}}`` over the test images (all blocks and tokens pooled), or None
-    for a student without teacher experts.
+    {block: [fraction per teacher]}}`` over the images of ``split`` (all blocks and tokens pooled), or
+    None for a student without teacher experts.
     """
     handles = [h for h in getattr(student, "kdkit_adapters", {}).values() if getattr(h, "teacher_names", ())]
     if not handles:
         return None
     handle = handles[0]
     teachers = list(handle.teacher_names)
-    scenes = read_scenes(files, "test")
+    scenes = read_scenes(files, split)
     per_image: list[torch.Tensor] = []
     per_block: dict[str, torch.Tensor] = {}
     for start in range(0, len(scenes), batch):
@@ -87,9 +90,12 @@ def routing_by_content(student: Any, files: WorldFiles, batch: int = 128) -> dic
     return {"teachers": teachers, "by_value": by_value, "blocks": blocks}
 
 
-def evaluate(student: Any, data_root: Path, directory: Path | None = None) -> dict[str, Any]:
-    """Accuracy table, every answer, and routing by image content of one exported student
-    (answers kept in ``directory`` when given)."""
+def evaluate(student: Any, data_root: Path, directory: Path | None = None,
+             splits: tuple[str, ...] = ("val", "test")) -> dict[str, Any]:
+    """Accuracy table and every answer per held-out split, and routing by image content (validation images)
+    of one exported student; answers kept in ``directory/<split>`` when given."""
     files = WorldFiles(Path(data_root))
-    results = answer_questions(student, files, directory)
-    return {**results, "routing": routing_by_content(student, files), "types": [t for t in ASPECTS]}
+    results = {split: answer_questions(student, files, directory / split if directory is not None else None,
+                                       split=split) for split in splits}
+    return {"splits": results, "routing": routing_by_content(student, files, split=splits[0]),
+            "types": [t for t in ASPECTS]}

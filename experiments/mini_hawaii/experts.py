@@ -69,7 +69,7 @@ WRITERS: dict[str, Callable[..., None]] = {"open_clip": write_open_clip, "timm":
 
 @dataclass
 class ExpertResult:
-    """One expert after training: held-out accuracy per aspect, chance level, time and peak memory."""
+    """One expert after training: held-out (validation) accuracy per aspect, chance level, time, its pool."""
 
     name: str
     kind: str
@@ -79,6 +79,8 @@ class ExpertResult:
     seconds: float
     steps: int
     parameters: int
+    pool: str = "train"
+    images: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready fields."""
@@ -175,7 +177,7 @@ def train_expert(name: str, block: Mapping[str, Any], data_root: Path, train: tu
     accuracy = measure(reloaded, head, aspects, test)
     return ExpertResult(name=name, kind=block["kind"], aspects=aspects, accuracy=accuracy,
                         chance={a: chance_level(test[1][a]) for a in aspects}, seconds=time.perf_counter() - started,
-                        steps=steps, parameters=sum(p.numel() for p in backbone.parameters()))
+                        steps=steps, parameters=sum(p.numel() for p in backbone.parameters()), images=len(images))
 
 
 @torch.no_grad()

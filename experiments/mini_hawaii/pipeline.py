@@ -21,7 +21,7 @@ from kdkit.errors import KdkitError
 
 from experiments.mini_hawaii.progress import Progress
 from experiments.mini_hawaii.variants import VARIANTS, Job, cpu_seconds, run_job
-from experiments.mini_hawaii.world import WorldFiles, vocabulary_words, write_world
+from experiments.mini_hawaii.world import WorldFiles, read_scenes, vocabulary_words, write_world
 
 
 @dataclass(frozen=True)
@@ -37,17 +37,22 @@ class Profile:
     finetune_steps: int
     batch: int
     world_seed: int = 0
+    val_images: int = 0
+    expert_images: int = 0
+    eval_splits: tuple[str, ...] = ("val", "test")
 
+
+#: The settings every profile shares, chosen on the validation split (design log: the docs' Tour page).
+_CHOSEN: dict[str, Any] = dict(train_images=1000, val_images=200, test_images=200, expert_images=4000,
+                               expert_steps={"clip": 200, "convnext": 600, "eva02": 600},
+                               pretrain_steps=32, finetune_steps=600, batch=16)
 
 PROFILES: dict[str, Profile] = {
-    "quick": Profile("quick", train_images=96, test_images=24, seeds=1,
-                     expert_steps={"clip": 10, "convnext": 10, "eva02": 10}, pretrain_steps=3, finetune_steps=6, batch=8),
-    "default": Profile("default", train_images=1000, test_images=200, seeds=2,
-                       expert_steps={"clip": 100, "convnext": 300, "eva02": 300}, pretrain_steps=32, finetune_steps=600,
-                       batch=16),
-    "full": Profile("full", train_images=1000, test_images=200, seeds=5,
-                    expert_steps={"clip": 100, "convnext": 300, "eva02": 300}, pretrain_steps=32, finetune_steps=600,
-                    batch=16),
+    "quick": Profile("quick", train_images=96, val_images=24, test_images=24, expert_images=128, seeds=1,
+                     expert_steps={"clip": 10, "convnext": 10, "eva02": 10}, pretrain_steps=3,
+                     finetune_steps=6, batch=8),
+    "default": Profile("default", seeds=2, **_CHOSEN),
+    "full": Profile("full", seeds=5, **_CHOSEN),
 }
 
 SETTINGS = "demo.json"
@@ -99,7 +104,7 @@ def prepare_output(output: Path, profile: Profile) -> None:
         raise KdkitError(f"cannot write to the output directory {output} ({exc.strerror or exc}); "
                          "choose a writable one with --output-dir") from None
     settings = output / SETTINGS
-    wanted = asdict(profile)
+    wanted = json.loads(json.dumps(asdict(profile)))  # tuples as JSON lists, as read back
     if settings.is_file():
         held = json.loads(settings.read_text(encoding="utf-8"))
         if held != wanted:
@@ -121,7 +126,8 @@ def world_phase(data_root: Path, profile: Profile) -> tuple[WorldFiles, Phase]:
     if marker.is_file():
         phase.reused = 1
     else:
-        files = write_world(data_root, profile.world_seed, profile.train_images, profile.test_images)
+        files = write_world(data_root, profile.world_seed, profile.train_images, profile.test_images,
+                            val_images=profile.val_images, expert_images=profile.expert_images)
         marker.write_text("ok\n", encoding="utf-8")
     phase.seconds, phase.peak_rss_mib = time.perf_counter() - started, _rss_mib()
     phase.cpu_seconds = cpu_seconds()
@@ -142,7 +148,9 @@ def _expert_task(name: str, block: dict[str, Any], data_root: str, steps: int, t
     torch.set_num_threads(threads)
     root = Path(data_root)
     files = WorldFiles(root)
-    result = train_expert(name, block, root, load_split(files, "train"), load_split(files, "test"), steps=steps)
+    pool = "expert" if read_scenes(files, "expert") else "train"  # the experts' own pool when the world has one
+    result = train_expert(name, block, root, load_split(files, pool), load_split(files, "val"), steps=steps)
+    result.pool = pool
     record = {**result.as_dict(), "peak_rss_mib": _rss_mib(), "cpu_seconds": cpu_seconds()}
     (root / checkpoint_dir(name) / "expert.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     return record
@@ -186,7 +194,8 @@ def experts_phase(data_root: Path, profile: Profile, jobs: int,
     if progress is not None:
         progress.phase("experts", len(blocks), phase.reused)
     done = (lambda r: progress.job_done(r["name"], r["seconds"])) if progress is not None else None
-    _run_all(((_expert_task, (n, blocks[n], str(data_root), profile.expert_steps[n], threads)) for n in todo), jobs, done)
+    _run_all(((_expert_task, (n, blocks[n], str(data_root), profile.expert_steps[n], threads)) for n in todo), jobs,
+             done)
     records = [json.loads((data_root / checkpoint_dir(n) / "expert.json").read_text(encoding="utf-8")) for n in blocks]
     phase.seconds = time.perf_counter() - started
     phase.cpu_seconds = sum(r["cpu_seconds"] for r in records)
@@ -201,8 +210,8 @@ def runs_phase(data_root: Path, runs_dir: Path, profile: Profile, jobs: int,
     started = time.perf_counter()
     words = vocabulary_words()
     threads = 1 if jobs > 1 else 2
-    all_jobs = [Job(v, s, data_root, runs_dir, profile.pretrain_steps, profile.finetune_steps, profile.batch)
-                for s in range(profile.seeds) for v in VARIANTS]
+    all_jobs = [Job(v, s, data_root, runs_dir, profile.pretrain_steps, profile.finetune_steps, profile.batch,
+                    tuple(profile.eval_splits)) for s in range(profile.seeds) for v in VARIANTS]
     finished = {j.name for j in all_jobs if (j.run_dir / "job.json").is_file()}
     phase.reused = len(finished)
     if progress is not None:
@@ -212,7 +221,7 @@ def runs_phase(data_root: Path, runs_dir: Path, profile: Profile, jobs: int,
         name = f"{summary['variant']}-seed{summary['seed']}"
         if progress is not None and name not in finished:
             progress.job_done(name, summary["train_seconds"] + summary["eval_seconds"],
-                              f"held-out accuracy {100 * summary['accuracy']['overall']:.1f}%")
+                              f"validation accuracy {100 * summary['accuracy']['val']['overall']:.1f}%")
 
     summaries = _run_all(((run_job, (j, words, threads)) for j in all_jobs if j.name not in finished), jobs, done)
     summaries = [json.loads((j.run_dir / "job.json").read_text(encoding="utf-8")) if j.name in finished

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from dataclasses import asdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,10 +16,10 @@ from typing import Any
 from kdkit.engine.monitor import read_metrics
 from kdkit.engine.report import mean_usage, plot_losses, plot_usage
 
-from experiments.mini_hawaii.world import read_jsonl
+from experiments.mini_hawaii.paired import PAIRS, differences, sentences
 from experiments.mini_hawaii.pipeline import Phase, Profile
 from experiments.mini_hawaii.variants import VARIANTS
-from experiments.mini_hawaii.world import ASPECTS, QUESTIONS, WorldFiles
+from experiments.mini_hawaii.world import ASPECTS, QUESTIONS, WorldFiles, read_jsonl
 
 COLUMNS: tuple[str, ...] = (*QUESTIONS, "overall")
 
@@ -28,20 +29,21 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def table(summaries: Sequence[dict[str, Any]]) -> dict[str, dict[str, list[float]]]:
-    """``{variant: {column: [accuracy per seed]}}`` in seed order."""
+def table(summaries: Sequence[dict[str, Any]], split: str = "test") -> dict[str, dict[str, list[float]]]:
+    """``{variant: {column: [accuracy per seed]}}`` on the held-out ``split``, in seed order."""
     found: dict[str, dict[str, list[float]]] = {v: {c: [] for c in COLUMNS} for v in VARIANTS}
     for s in sorted(summaries, key=lambda s: s["seed"]):
         for column in COLUMNS:
-            found[s["variant"]][column].append(s["accuracy"][column])
+            found[s["variant"]][column].append(s["accuracy"][split][column])
     return found
 
 
-def chance(files: WorldFiles) -> dict[str, float]:
-    """Accuracy of always giving each type's most frequent test answer (and overall)."""
-    questions = {q["question_id"]: q["category"] for q in read_jsonl(files.path("questions"))}
+def chance(files: WorldFiles, split: str = "test") -> dict[str, float]:
+    """Accuracy of always giving each type's most frequent answer of ``split`` (and overall)."""
+    question_file, answer_file = files.qa(split)
+    questions = {q["question_id"]: q["category"] for q in read_jsonl(question_file)}
     by_type: dict[str, dict[str, int]] = {}
-    for a in read_jsonl(files.path("answers")):
+    for a in read_jsonl(answer_file):
         counts = by_type.setdefault(questions[a["question_id"]], {})
         counts[a["answer"]] = counts.get(a["answer"], 0) + 1
     best = {t: max(c.values()) / sum(c.values()) for t, c in by_type.items()}
@@ -58,27 +60,47 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]
     return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
 
 
-def verdict(results: dict[str, dict[str, list[float]]]) -> list[str]:
-    """Plain sentences comparing each KD row's overall accuracy with the baseline's (in points)."""
-    base_mean, base_std = mean_std(results["baseline"]["overall"])
-    lines = []
-    for variant, label in list(VARIANTS.items())[1:]:
-        mean, std = mean_std(results[variant]["overall"])
-        delta = 100 * (mean - base_mean)
-        noise = 100 * max(std, base_std)
-        if delta > noise and delta > 0:
-            word = "helps"
-        elif delta < -noise:
-            word = "HURTS"
-        else:
-            word = "makes no difference beyond the spread over seeds"
-        lines.append(f"- **{label}** vs the baseline: {delta:+.1f} points overall (spread ±{noise:.1f}): "
-                     f"distillation {word} here.")
-    return lines
+def _pool_words(pool: str, experts: Sequence[dict[str, Any]]) -> str:
+    sizes = {e.get("images") for e in experts}
+    size = f"{sizes.pop()} " if len(sizes) == 1 and None not in sizes else ""
+    return f"their own pool of {size}images (aspect labels only)" if pool == "expert" else \
+        "the student's training images"
 
 
-def plot_world(files: WorldFiles, path: Path, count: int = 8) -> None:
-    """The first ``count`` held-out images, each titled with its four answers."""
+def accuracy_rows(results: dict[str, dict[str, list[float]]], floor: dict[str, float]) -> list[list[str]]:
+    """The accuracy table's rows: the majority answer, then each variant's mean ± std per column."""
+    rows = [["majority answer", *(_pct(floor[c]) for c in COLUMNS)]]
+    for variant, label in VARIANTS.items():
+        cells = []
+        for column in COLUMNS:
+            mean, std = mean_std(results[variant][column])
+            cells.append(f"{_pct(mean)} ± {_pct(std)}")
+        rows.append([label, *cells])
+    return rows
+
+
+def difference_lines(results: dict[str, dict[str, list[float]]], seeds: int) -> list[str]:
+    """The paired-difference table (points, 95% bootstrap interval over seeds) and its sentences."""
+    found = differences(results, COLUMNS)
+    short = {"baseline": "baseline", "fgkd": "+ FGKD", "fgkd_scoring": "+ token scoring", "hawaii": "HAWAII"}
+    rows = []
+    for row, other in PAIRS:
+        cells = {d.column: d.cell() for d in found if (d.row, d.against) == (row, other)}
+        rows.append([f"{short[row]} − {short[other]}", *(cells[c] for c in COLUMNS)])
+    lines = _md_table(["difference (points)", *COLUMNS], rows)
+    lines += ["", f"Each cell: the mean over {seeds} seed(s) of the per-seed difference (seed s of every row starts from "
+              "the same student and reads the data in the same order), and its 95% paired bootstrap interval over "
+              "seeds; **bold** when the interval excludes zero, which is what this report calls a real difference.",
+              ""]
+    if seeds < 5:
+        lines += [f"With {seeds} seed(s) these intervals are indicative only: a bootstrap over {seeds} values cannot "
+                  "reach past their range (with two seeds the interval is the span of the two differences). "
+                  "`--full` runs five seeds.", ""]
+    return lines + sentences(found, VARIANTS)
+
+
+def plot_world(files: WorldFiles, path: Path, count: int = 8, split: str = "test") -> None:
+    """The first ``count`` images of ``split``, each titled with its four answers."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -87,7 +109,7 @@ def plot_world(files: WorldFiles, path: Path, count: int = 8) -> None:
 
     from experiments.mini_hawaii.world import read_scenes
 
-    scenes = read_scenes(files, "test")[:count]
+    scenes = read_scenes(files, split)[:count]
     fig, axes = plt.subplots(2, (len(scenes) + 1) // 2, figsize=(2.0 * ((len(scenes) + 1) // 2), 5.4))
     for ax, scene in zip(axes.flat, scenes):
         ax.imshow(Image.open(files.path("images") / scene["image"]), interpolation="nearest")
@@ -147,8 +169,8 @@ def _routing_lines(summaries: Sequence[dict[str, Any]]) -> list[str]:
     teachers = runs[0]["teachers"]
     lines = ["## Which teacher expert the images route to", "",
              "The teacher router decides per IMAGE TOKEN inside the vision tower, which never sees the question, "
-             "so routing reflects image content only. In this world every test image is asked all four question "
-             "types, so each question type's images route identically; the table therefore groups the held-out "
+             "so routing reflects image content only. In this world every held-out image is asked all four question "
+             "types, so each question type's images route identically; the table therefore groups the validation "
              "images by their content (fraction of image tokens, all blocks, sent to each teacher's expert; "
              "HAWAII runs, mean over seeds).", ""]
     rows = []
@@ -163,38 +185,45 @@ def _routing_lines(summaries: Sequence[dict[str, Any]]) -> list[str]:
 def write_report(output: Path, profile: Profile, files: WorldFiles, experts: Sequence[dict[str, Any]],
                  summaries: Sequence[dict[str, Any]], phases: Sequence[Phase]) -> Path:
     """Write ``report.md``, its PNGs and ``results.json`` into ``output``; returns the report's path."""
-    results = table(summaries)
-    floor = chance(files)
-    plot_world(files, output / "world.png")
+    splits = [split for split in ("test", "val") if split in summaries[0]["accuracy"]]
+    headline = splits[0]
+    results = {split: table(summaries, split) for split in splits}
+    floors = {split: chance(files, split) for split in splits}
+    plot_world(files, output / "world.png", split=headline)
     n_seeds = profile.seeds
-    questions = len(read_jsonl(files.path("questions")))
+    questions = {split: len(read_jsonl(files.qa(split)[0])) for split in splits}
+    pool = experts[0].get("pool", "train") if experts else "train"
     lines = ["# Mini-HAWAII: distilling three expert teachers into a tiny LLaVA", "",
-             f"Profile `{profile.name}`: {profile.train_images} training images ({4 * profile.train_images} "
-             f"question-answer turns, {profile.train_images} captions), {profile.test_images} held-out images "
-             f"({questions} questions), {n_seeds} seed(s) per row, the same budget for every row: stage 1 "
-             f"{profile.pretrain_steps} steps, stage 2 {profile.finetune_steps} steps of {profile.batch} conversations.",
-             "",
+             f"Profile `{profile.name}`: the student sees {profile.train_images} labelled training images "
+             f"({4 * profile.train_images} question-answer turns, {profile.train_images} captions); the experts were "
+             f"trained on {_pool_words(pool, experts)}; {profile.val_images} validation images "
+             f"({questions.get('val', 0)} questions) and {profile.test_images} test images "
+             f"({questions.get('test', 0)} questions) are held out; {n_seeds} seed(s) per row, the same budget for "
+             f"every row: stage 1 {profile.pretrain_steps} steps, stage 2 {profile.finetune_steps} steps of "
+             f"{profile.batch} conversations.", "",
+             "Every setting of this demo (world, data sizes, step budgets, loss weights) was chosen on the VALIDATION "
+             "split; the test split is read once per configuration, for the table below (the design log is on the "
+             "documentation's Tour page).", "",
              "The student starts from NOTHING pretrained: a random-init CLIP tower (a deliberately weak tower) and a "
-             "random-init Llama. The teachers were trained here, each on one aspect of the world. KD losses use "
-             "RADIO-style student heads onto the fixed teacher tokens (`guard: student_heads`), because the paper's "
-             "learned teacher-side projection can collapse (both sides drift to a constant).", "",
-             "## The world", "", "Held-out images with their answers (32 x 32 pixels, shown enlarged):", "",
-             "![held-out images](world.png)", "", "## The experts (held-out accuracy on their own aspect)", ""]
+             "random-init Llama. The teachers were trained here, each on one aspect of the world, on their own pool "
+             "of images (as real teachers were pretrained on far more data than a VLM's instruction set). KD losses "
+             "use RADIO-style student heads onto the fixed teacher tokens (`guard: student_heads`), because the "
+             "paper's learned teacher-side projection can collapse (both sides drift to a constant).", "",
+             "## The world", "", f"{headline.capitalize()} images with their answers (32 x 32 pixels, shown enlarged):",
+             "", "![held-out images](world.png)", "", "## The experts (validation accuracy on their own aspect)", ""]
     rows = [[e["name"], e["kind"], ", ".join(e["aspects"]), ", ".join(f"{a} {_pct(e['accuracy'][a])}" for a in e["aspects"]),
-             ", ".join(_pct(e["chance"][a]) for a in e["aspects"]), e["steps"], f"{e['seconds']:.0f}", f"{e['parameters']:,}"]
-            for e in experts]
-    lines += _md_table(["teacher", "library", "aspect", "accuracy %", "majority class %", "steps", "seconds",
-                        "parameters"], rows)
-    lines += ["", f"## Held-out accuracy (exact match, %, mean ± std over {n_seeds} seed(s))", ""]
-    rows = [["majority answer", *(_pct(floor[c]) for c in COLUMNS)]]
-    for variant, label in VARIANTS.items():
-        cells = []
-        for column in COLUMNS:
-            mean, std = mean_std(results[variant][column])
-            cells.append(f"{_pct(mean)} ± {_pct(std)}")
-        rows.append([label, *cells])
-    lines += _md_table(["", *COLUMNS], rows) + ["", *verdict(results), "", "Where the difference comes from:", "",
-                                                *learned(results, floor), ""]
+             ", ".join(_pct(e["chance"][a]) for a in e["aspects"]), e.get("images", "-"), e["steps"],
+             f"{e['seconds']:.0f}", f"{e['parameters']:,}"] for e in experts]
+    lines += _md_table(["teacher", "library", "aspect", "accuracy %", "majority class %", "trained on images", "steps",
+                        "seconds", "parameters"], rows)
+    lines += ["", f"## {headline.capitalize()} accuracy (exact match, %, mean ± std over {n_seeds} seed(s))", ""]
+    lines += _md_table(["", *COLUMNS], accuracy_rows(results[headline], floors[headline]))
+    lines += ["", f"## Paired differences on the {headline} split", "",
+              *difference_lines(results[headline], n_seeds), "", "Where the accuracy comes from:", "",
+              *learned(results[headline], floors[headline]), ""]
+    if "val" in results and headline != "val":
+        lines += [f"## Validation accuracy (the split the settings were chosen on; mean ± std over {n_seeds} seed(s))",
+                  "", *_md_table(["", *COLUMNS], accuracy_rows(results["val"], floors["val"])), ""]
     lines += _plots(output, summaries)
     lines += _routing_lines(summaries)
     lines += ["## Time and memory", ""]
@@ -215,7 +244,9 @@ def write_report(output: Path, profile: Profile, files: WorldFiles, experts: Seq
                        rows) + [""]
     report = output / "report.md"
     report.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    payload = {"profile": profile.name, "table": results, "chance": floor, "experts": list(experts),
+    payload = {"profile": profile.name, "table": results, "chance": floors,
+               "differences": {split: [asdict(d) for d in differences(results[split], COLUMNS)] for split in splits},
+               "experts": list(experts),
                "runs": list(summaries), "phases": [p.__dict__ for p in phases]}
     (output / "results.json").write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
     return report

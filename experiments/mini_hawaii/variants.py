@@ -1,5 +1,6 @@
 """The four ablation rows as recipes of ``recipes/demo/``, the student's starting files, and one job:
-train a (variant, seed) through the engine, export its student, evaluate it on the held-out questions.
+train a (variant, seed) through the engine, export its student, evaluate it on the held-out questions
+(validation and test splits).
 """
 
 from __future__ import annotations
@@ -64,6 +65,8 @@ class Job:
     pretrain_steps: int
     finetune_steps: int
     batch: int
+    splits: tuple[str, ...] = ("val", "test")
+    extra: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -76,14 +79,14 @@ class Job:
         return self.runs_dir / self.name
 
     def overrides(self, student: dict[str, str]) -> list[str]:
-        """``--set`` overrides: seed, paths, the profile's step budget (the same for every variant)."""
+        """``--set`` overrides: seed, paths, the profile's step budget (the same for every variant), then ``extra``."""
         values = {
             "runtime.seed": self.seed, "runtime.data_root": str(self.data_root), "runtime.output_dir": str(self.run_dir),
             "stages.pretrain.max_steps": self.pretrain_steps, "stages.finetune.max_steps": self.finetune_steps,
             "stages.finetune.batch.global_size": self.batch, "stages.finetune.batch.per_device": self.batch,
             **student,
         }
-        return [f"{key}={value}" for key, value in values.items()]
+        return [*(f"{key}={value}" for key, value in values.items()), *self.extra]
 
 
 DONE = "job.json"
@@ -126,10 +129,11 @@ def run_job(job: Job, words: list[str], threads: int = 1) -> dict[str, Any]:
         shutil.rmtree(export)
     export_run(job.run_dir, export)
     student = load_student(export)
-    results = evaluate(student, job.data_root, job.run_dir / "eval")
+    results = evaluate(student, job.data_root, job.run_dir / "eval", job.splits)
     (job.run_dir / "eval.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     summary = {
-        "variant": job.variant, "seed": job.seed, "run_dir": str(job.run_dir), "accuracy": results["accuracy"],
+        "variant": job.variant, "seed": job.seed, "run_dir": str(job.run_dir),
+        "accuracy": {split: r["accuracy"] for split, r in results["splits"].items()},
         "routing": results.get("routing"), "train_seconds": trained - started,
         "eval_seconds": time.perf_counter() - trained,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "cpu_seconds": cpu_seconds(),

@@ -4,6 +4,11 @@ Every scene holds 1-3 shapes of ONE kind and ONE colour, placed in one of four s
 image (cut by its diagonals). Four question types ask about four aspects of it: colour, shape,
 count and position, each with a one-word answer. The world is written in LLaVA-1.5's own formats
 (captions for stage 1, multi-turn conversations for stage 2, question files for evaluation).
+
+Four disjoint splits, each drawn from its own random stream (so one split's size never changes
+another's images): ``train`` (the student's labelled captions and conversations), ``val`` and
+``test`` (held-out questions in the same ``model_vqa`` layout; design choices are made on ``val``),
+and ``expert`` (images with their aspects only, the experts' own larger training pool).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -128,12 +134,21 @@ class WorldFiles:
     conversations: str = "world/finetune_conversations.json"
     questions: str = "world/test_questions.jsonl"
     answers: str = "world/test_answers.jsonl"
+    val_questions: str = "world/val_questions.jsonl"
+    val_answers: str = "world/val_answers.jsonl"
     scenes: str = "world/scenes.json"
     images: str = "world/images"
 
     def path(self, name: str) -> Path:
         """Absolute path of one of the files above, by field name."""
         return self.root / getattr(self, name)
+
+    def qa(self, split: str) -> tuple[Path, Path]:
+        """Absolute paths of the question and answer files of a held-out split (``val`` or ``test``)."""
+        if split not in HELD_OUT:
+            raise ValueError(f"split {split!r} has no question files (held-out splits: {', '.join(HELD_OUT)})")
+        prefix = "" if split == "test" else f"{split}_"
+        return self.path(f"{prefix}questions"), self.path(f"{prefix}answers")
 
 
 def _conversation(scene: Scene, rng: np.random.Generator) -> list[dict[str, str]]:
@@ -146,27 +161,37 @@ def _conversation(scene: Scene, rng: np.random.Generator) -> list[dict[str, str]
     return turns
 
 
-def write_world(root: Path, seed: int, train_images: int, test_images: int, side: int = 32) -> WorldFiles:
-    """Generate the world into ``root/world`` (train and test share no image); returns its files.
+#: Every split of the world, in the order of their random streams; the held-out ones have question files.
+SPLITS: tuple[str, ...] = ("train", "test", "val", "expert")
+HELD_OUT: tuple[str, ...] = ("val", "test")
+
+
+def write_world(root: Path, seed: int, train_images: int, test_images: int, side: int = 32, val_images: int = 0,
+                expert_images: int = 0) -> WorldFiles:
+    """Generate the world into ``root/world`` (no image is in two splits); returns its files.
 
     Args:
         root: Data root of the demo.
-        seed: Seed of everything in the world.
+        seed: Seed of everything in the world (each split draws from its own stream of it).
         train_images: Number of training images (each gives a caption and a 4-question conversation).
-        test_images: Number of held-out images (each gives one question of every type).
+        test_images: Number of held-out test images (each gives one question of every type).
         side: Image side in pixels.
+        val_images: Number of validation images (questions like the test split's, for design choices).
+        expert_images: Number of images of the experts' own pool (aspects in ``scenes.json`` only).
     """
     if not MIN_SIZE <= side <= MAX_SIZE:
         raise ValueError(f"image side {side} is out of range [{MIN_SIZE}, {MAX_SIZE}]")
     from PIL import Image
 
     files = WorldFiles(Path(root))
-    rng = np.random.default_rng(seed)
-    captions, conversations, questions, answers, scenes = [], [], [], [], []
-    for split, total in (("train", train_images), ("test", test_images)):
+    sizes = {"train": train_images, "test": test_images, "val": val_images, "expert": expert_images}
+    captions, conversations, scenes = [], [], []
+    held: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]] = {s: ([], []) for s in HELD_OUT}
+    for stream, split in enumerate(SPLITS):
+        rng = np.random.default_rng([seed, stream])
         folder = files.path("images") / split
         folder.mkdir(parents=True, exist_ok=True)
-        for index in range(total):
+        for index in range(sizes[split]):
             scene = sample_scene(rng, side)
             name = f"{split}/{index:06d}.png"
             Image.fromarray(render(scene, side, rng)).save(folder / f"{index:06d}.png")
@@ -176,17 +201,20 @@ def write_world(root: Path, seed: int, train_images: int, test_images: int, side
                 captions.append({"id": ident, "image": name, "conversations": [
                     {"from": "human", "value": f"{CAPTION_PROMPT}\n<image>"}, {"from": "gpt", "value": caption(scene)}]})
                 conversations.append({"id": ident, "image": name, "conversations": _conversation(scene, rng)})
-                continue
-            for aspect in QUESTIONS:
-                qid = len(questions)
-                questions.append({"question_id": qid, "image": name, "text": f"{QUESTIONS[aspect]}\n{SHORT_ANSWER}",
-                                  "category": aspect})
-                answers.append({"question_id": qid, "answer": scene.answer(aspect)})
+            elif split in held:
+                questions, answers = held[split]
+                for aspect in QUESTIONS:
+                    qid = len(questions)
+                    questions.append({"question_id": qid, "image": name,
+                                      "text": f"{QUESTIONS[aspect]}\n{SHORT_ANSWER}", "category": aspect})
+                    answers.append({"question_id": qid, "answer": scene.answer(aspect)})
     files.path("captions").write_text(json.dumps(captions, indent=1), encoding="utf-8")
     files.path("conversations").write_text(json.dumps(conversations, indent=1), encoding="utf-8")
     files.path("scenes").write_text(json.dumps(scenes, indent=1), encoding="utf-8")
-    files.path("questions").write_text("".join(json.dumps(q) + "\n" for q in questions), encoding="utf-8")
-    files.path("answers").write_text("".join(json.dumps(a) + "\n" for a in answers), encoding="utf-8")
+    for split, (questions, answers) in held.items():
+        question_file, answer_file = files.qa(split)
+        question_file.write_text("".join(json.dumps(q) + "\n" for q in questions), encoding="utf-8")
+        answer_file.write_text("".join(json.dumps(a) + "\n" for a in answers), encoding="utf-8")
     return files
 
 

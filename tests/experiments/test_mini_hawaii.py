@@ -37,6 +37,44 @@ def test_world_is_deterministic_and_splits_share_no_image(tmp_path: Path) -> Non
     assert len(train) == 12 and len(test) == 6 and not train & test
 
 
+def test_val_and_expert_splits_are_disjoint_from_train_and_test(tmp_path: Path) -> None:
+    import hashlib
+
+    files = write_world(tmp_path / "a", seed=3, train_images=12, test_images=6, val_images=5, expert_images=7)
+    scenes = json.loads(files.path("scenes").read_text())
+    by_split = {split: [s["image"] for s in scenes if s["split"] == split] for split in ("train", "test", "val", "expert")}
+    assert {k: len(v) for k, v in by_split.items()} == {"train": 12, "test": 6, "val": 5, "expert": 7}
+    assert all(name.startswith(f"{split}/") for split, names in by_split.items() for name in names)
+    pixels = {split: {hashlib.sha256((files.path("images") / n).read_bytes()).hexdigest() for n in names}
+              for split, names in by_split.items()}
+    assert sum(len(p) for p in pixels.values()) == 30  # no image twice, not even under another name
+    val_questions, val_answers = files.qa("val")
+    assert {q["image"] for q in read_jsonl(val_questions)} == set(by_split["val"])
+    assert {q["image"] for q in read_jsonl(files.path("questions"))} == set(by_split["test"])
+    trained = {r["image"] for r in json.loads(files.path("conversations").read_text())}
+    assert trained == set(by_split["train"])  # the expert pool gives no conversation
+    # each split has its own random stream: more training images change neither val, test nor the expert pool
+    bigger = write_world(tmp_path / "b", seed=3, train_images=20, test_images=6, val_images=5, expert_images=7)
+    for name in ("val/000004.png", "test/000005.png", "expert/000006.png"):
+        assert (bigger.path("images") / name).read_bytes() == (files.path("images") / name).read_bytes()
+    assert bigger.qa("val")[1].read_bytes() == val_answers.read_bytes()
+
+
+def test_val_questions_use_the_test_formats(tmp_path: Path) -> None:
+    files = write_world(tmp_path, seed=0, train_images=2, test_images=3, val_images=3)
+    (val_q, val_a), (test_q, test_a) = files.qa("val"), files.qa("test")
+    assert val_q.name == "val_questions.jsonl" and val_a.name == "val_answers.jsonl"
+    assert (test_q, test_a) == (files.path("questions"), files.path("answers"))
+    questions, answers = read_jsonl(val_q), read_jsonl(val_a)
+    assert [set(q) for q in questions] == [set(q) for q in read_jsonl(test_q)]
+    assert [q["question_id"] for q in questions] == [a["question_id"] for a in answers] == list(range(12))
+    assert [q["text"] for q in questions] == [q["text"] for q in read_jsonl(test_q)]
+    scenes = {s["image"]: s for s in json.loads(files.path("scenes").read_text())}
+    assert all(a["answer"] == scenes[q["image"]][q["category"]] for q, a in zip(questions, answers, strict=True))
+    with pytest.raises(ValueError, match=r"split 'train' has no question files \(held-out splits: val, test\)"):
+        files.qa("train")
+
+
 def test_world_files_use_the_llava_formats(tmp_path: Path) -> None:
     files = write_world(tmp_path, seed=0, train_images=4, test_images=2)
     captions = json.loads(files.path("captions").read_text())
@@ -187,20 +225,29 @@ def test_quick_profile_end_to_end_and_every_table_number_is_computed(tmp_path: P
     for png in ("losses_baseline.png", "losses_hawaii.png", "routing_teacher.png"):
         assert (output / png).stat().st_size > 1000
     results = json.loads((output / "results.json").read_text())
-    rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("|") and " ± " in line}
+    test_part, val_part = text.split("## Test accuracy")[1].split("## Validation accuracy")
     from experiments.mini_hawaii.variants import VARIANTS
 
-    for variant, label in VARIANTS.items():
-        run = output / "runs" / f"{variant}-seed0"
-        evaluation = json.loads((run / "eval.json").read_text())
-        cells = NUMBER.findall(rows[label])
-        assert len(cells) == len(COLUMNS)
-        for (mean, std), column in zip(cells, COLUMNS, strict=True):
-            assert float(mean) == pytest.approx(100 * evaluation["accuracy"][column], abs=0.051)
-            assert float(std) == 0.0
-            assert results["table"][variant][column] == [evaluation["accuracy"][column]]
-        hits = [a["correct"] for a in evaluation["answers"]]
-        assert evaluation["accuracy"]["overall"] == pytest.approx(sum(hits) / len(hits))
+    for split, part in (("test", test_part), ("val", val_part)):
+        rows = {line.split("|")[1].strip(): line for line in part.splitlines() if line.startswith("|") and " ± " in line}
+        for variant, label in VARIANTS.items():
+            run = output / "runs" / f"{variant}-seed0"
+            evaluation = json.loads((run / "eval.json").read_text())["splits"][split]
+            cells = NUMBER.findall(rows[label])
+            assert len(cells) == len(COLUMNS)
+            for (mean, std), column in zip(cells, COLUMNS, strict=True):
+                assert float(mean) == pytest.approx(100 * evaluation["accuracy"][column], abs=0.051)
+                assert float(std) == 0.0
+                assert results["table"][split][variant][column] == [evaluation["accuracy"][column]]
+            hits = [a["correct"] for a in evaluation["answers"]]
+            assert evaluation["accuracy"]["overall"] == pytest.approx(sum(hits) / len(hits))
+            assert len(hits) == 4 * PROFILES["quick"].__dict__[f"{split}_images"]
+    # one seed: every paired difference is reported without an interval, and said so
+    assert "## Paired differences on the test split" in text
+    assert text.count("no interval (one seed)") == 6
+    base, hawaii = results["table"]["test"]["baseline"]["overall"][0], results["table"]["test"]["hawaii"]["overall"][0]
+    row = next(line for line in text.splitlines() if line.startswith("| HAWAII − baseline |"))
+    assert row.split("|")[-2].strip() == f"{100 * (hawaii - base):+.1f}"
     for expert in results["experts"]:
         assert f"| {expert['name']} | {expert['kind']} |" in text
     table_lines = [line for line in text.splitlines() if " ± " in line]
