@@ -156,11 +156,19 @@ class LlavaStudent:
                 *_layers(self.model.get_decoder(), self.model.config.text_config.num_hidden_layers)]
 
     def enable_gradient_checkpointing(self, context_fn: Callable[[], Any] | None = None) -> None:
-        """Recompute every tower and decoder layer in the backward pass; ``context_fn`` replays adapter routing."""
+        """Recompute every tower and decoder layer in the backward pass; ``context_fn`` replays adapter routing.
+
+        transformers also hooks every sub-model's input embeddings to require grad (what reentrant
+        checkpointing needs for frozen layers); non-reentrant checkpointing does not, and the hooks
+        would pull a frozen tower into the graph: its 24 layers kept and run backward for no
+        parameter (LLaVA-1.5's stage 2). They are removed, so gradient flows only where a
+        parameter trains.
+        """
         kwargs: dict[str, Any] = {"use_reentrant": False}
         if context_fn is not None:
             kwargs["context_fn"] = context_fn
         self.model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        self.model.disable_input_require_grads()
 
     # inference --------------------------------------------------------------------------------
     def export(self, directory: Path) -> dict[str, Any]:

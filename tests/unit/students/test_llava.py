@@ -138,6 +138,34 @@ def test_parameter_groups_partition_the_model(assets: Path) -> None:
     assert len(units) == 3 + 2  # tower layers + decoder layers
 
 
+def test_gradient_checkpointing_leaves_a_frozen_tower_out_of_the_backward(assets: Path) -> None:
+    """LLaVA-1.5's stage 2 (tower frozen): checkpointing recomputes the decoder layers only, and the
+    gradients equal those without checkpointing."""
+    data = batch(make(assets))
+    grads, recomputed = [], []
+    for checkpointed in (False, True):
+        student = make(assets)
+        for param in student.vision_tower.parameters():
+            param.requires_grad_(False)
+        if checkpointed:
+            student.enable_gradient_checkpointing()
+        student.model.train()
+        calls = {"tower": 0, "llm": 0}
+        tower_layers = student.model.config.vision_config.num_hidden_layers
+        for index, layer in enumerate(student.shard_units()):
+            part = "tower" if index < tower_layers else "llm"
+            layer.self_attn.register_forward_hook(lambda *_, part=part: calls.__setitem__(part, calls[part] + 1))
+        loss = student(data).task_loss
+        forward = dict(calls)
+        loss.backward()
+        recomputed.append({k: calls[k] - forward[k] for k in calls})
+        grads.append({n: p.grad.clone() for n, p in student.model.named_parameters() if p.grad is not None})
+    assert recomputed == [{"tower": 0, "llm": 0}, {"tower": 0, "llm": 2}]
+    assert grads[0].keys() == grads[1].keys() and grads[0] and not any("vision_tower" in n for n in grads[0])
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], msg=name)
+
+
 def test_gradient_checkpointing_gives_the_same_gradients(assets: Path) -> None:
     data = batch(make(assets))
     grads = []
