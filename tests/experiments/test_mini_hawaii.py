@@ -219,8 +219,9 @@ def test_quick_profile_end_to_end_and_every_table_number_is_computed(tmp_path: P
     output = tmp_path / "demo"
     report = demo.main(["--quick", "--output-dir", str(output)])
     text = report.read_text()
-    for heading in ("## The experts", "## Held-out accuracy", "## Loss curves", "## Expert usage per block",
-                    "## Which teacher expert", "## Time and memory"):
+    for heading in ("## The experts", "## Test accuracy", "## Paired differences on the test split",
+                    "## Validation accuracy", "## Loss curves", "## Expert usage per block", "## Which teacher expert",
+                    "## Time and memory"):
         assert heading in text
     for png in ("losses_baseline.png", "losses_hawaii.png", "routing_teacher.png"):
         assert (output / png).stat().st_size > 1000
