@@ -24,7 +24,8 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 # The miniature HAWAII reproduction (synthetic world, three expert teachers, four ablation rows, report):
-# about seven minutes on two idle CPU cores; rerunning reuses what is done. The report's path is printed last.
+# about nine minutes on two free CPU cores (projected from its CPU time; 18 min on a shared, loaded machine);
+# rerunning reuses what is done. The report's path is printed last.
 DEMO_ARGS ?=
 demo: $(STAMP)
 	$(PY) -m experiments.mini_hawaii $(DEMO_ARGS)
