@@ -152,4 +152,4 @@ def test_override_creates_envelope_sections_left_to_defaults(good_recipe, fake_r
     assert recipe.stages["pretrain"].schedule.warmup_ratio == 0.1
     with pytest.raises(RecipeError) as info:
         load_recipe(good_recipe, ["runtime.distribute.strategy=ddp"], registry=fake_registry)
-    assert problems(info) == ["--set runtime.distribute.strategy: path does not exist: unknown key 'distribute' (known: checkpoint_every, checkpoint_forced_passes, data_root, device, distributed, forced_teachers, gradient_checkpointing, keep_last, log_every, num_workers, on_nonfinite, output_dir, precision, seed, teacher_cache, teacher_cache_append, teacher_cache_mode); did you mean 'distributed'?"]
+    assert problems(info) == ["--set runtime.distribute.strategy: path does not exist: unknown key 'distribute' (known: checkpoint_every, checkpoint_forced_passes, data_root, device, distributed, forced_teachers, gradient_checkpointing, keep_last, lock_timeout, log_every, num_workers, on_nonfinite, output_dir, precision, seed, teacher_cache, teacher_cache_append, teacher_cache_mode); did you mean 'distributed'?"]
