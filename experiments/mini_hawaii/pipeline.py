@@ -223,9 +223,13 @@ def runs_phase(data_root: Path, runs_dir: Path, profile: Profile, jobs: int,
             progress.job_done(name, summary["train_seconds"] + summary["eval_seconds"],
                               f"validation accuracy {100 * summary['accuracy']['val']['overall']:.1f}%")
 
-    summaries = _run_all(((run_job, (j, words, threads)) for j in all_jobs if j.name not in finished), jobs, done)
+    # the longest jobs first, so the two workers end together: a baseline trains no KD term and takes about half
+    # as long as a KD row (a stable sort: seed order kept otherwise)
+    todo = sorted((j for j in all_jobs if j.name not in finished), key=lambda j: j.variant == "baseline")
+    ran = {j.name: summary for j, summary in zip(todo, _run_all(((run_job, (j, words, threads)) for j in todo), jobs, done),
+                                                 strict=True)}
     summaries = [json.loads((j.run_dir / "job.json").read_text(encoding="utf-8")) if j.name in finished
-                 else summaries.pop(0) for j in all_jobs]
+                 else ran[j.name] for j in all_jobs]
     phase.seconds = time.perf_counter() - started
     phase.cpu_seconds = sum(s["cpu_seconds"] for s in summaries)
     phase.peak_rss_mib = max(s["peak_rss_mib"] for s in summaries)
