@@ -6,7 +6,7 @@ Instruction Tuning", CVPR 2024). Every bad input is refused here, naming the pat
 from __future__ import annotations
 
 import json
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -94,6 +94,11 @@ def _from_config(cls: Any, path: Path, field: str, **kwargs: Any) -> Any:
         return build(config).to(kwargs.get("dtype", torch.float32))
 
 
+def _skeleton_device(weights: bool) -> AbstractContextManager[Any]:
+    """Where new modules go: as usual with ``weights``, else on the meta device (a skeleton)."""
+    return nullcontext() if weights else torch.device("meta")
+
+
 def load_tokenizer(path: Path, field: str) -> tuple[Any, int]:
     """A saved transformers tokenizer, with ``<image>`` added as a special token when missing (then 1, else 0)."""
     from transformers import AutoTokenizer
@@ -155,7 +160,7 @@ def load_checkpoint(config: Any, context: BuildContext, weights: bool = True) ->
     model = load(LlavaForConditionalGeneration, path, "checkpoint", dtype=DTYPES[config.torch_dtype],
                  attn_implementation=config.attn_implementation)
     check_tokenizer(tokenizer, model.config.text_config, tokenizer_field, added)
-    with (nullcontext() if weights else torch.device("meta")):  # a skeleton grows its embeddings on the meta device too
+    with _skeleton_device(weights):  # a skeleton grows its embeddings on the meta device too
         _fit_image_token(model, tokenizer)
     return Loaded(model, tokenizer, *normalisation(path))
 
@@ -195,13 +200,13 @@ def assemble(config: Any, context: BuildContext, weights: bool = True) -> Loaded
     model.model.vision_tower = tower
     model.model.language_model = llm.get_decoder()
     model.lm_head = llm.get_output_embeddings()
-    with (nullcontext() if weights else torch.device("meta")):
+    with _skeleton_device(weights):
         model.model.multi_modal_projector = LlavaMultiModalProjector(llava_config).to(dtype)  # fresh, nn.Linear init
     model.config.vision_config, model.config.text_config = tower.config, llm.config
     leftover = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if leftover and weights:
         raise KdkitError(f"student: assembling LLaVA left unloaded tensors {leftover[:5]}; this transformers "
                          "version lays LLaVA out differently than kdkit expects")
-    with (nullcontext() if weights else torch.device("meta")):  # a skeleton grows its embeddings on the meta device too
+    with _skeleton_device(weights):  # a skeleton grows its embeddings on the meta device too
         _fit_image_token(model, tokenizer)
     return Loaded(model, tokenizer, *normalisation(vision_path))
